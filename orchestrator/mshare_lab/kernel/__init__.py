@@ -1,0 +1,1 @@
+"""Kernels: built from source plus patches, or fetched from the distribution; content-addressed artifacts."""

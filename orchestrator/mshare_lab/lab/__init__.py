@@ -1,0 +1,1 @@
+"""The lab proper: scenario matrix, runner, outcomes and expectations."""

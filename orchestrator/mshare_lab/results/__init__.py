@@ -1,0 +1,1 @@
+"""Results: the SQLite store, exports and statistical comparison."""

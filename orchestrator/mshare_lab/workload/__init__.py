@@ -1,0 +1,1 @@
+"""The SGA workload: building the C program, running it on this host, predicting its cost."""
