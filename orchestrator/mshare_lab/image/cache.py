@@ -1,0 +1,100 @@
+"""Content-addressed image entries under paths.images_dir().
+
+Each built image is ``<images>/<kind>-<hash16>...`` plus a ``<kind>-<hash16>.json``
+manifest (kind, hash, created, files). The manifest is written last, so its presence
+means the entry is complete; a crash mid-build leaves no manifest and the entry is
+rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import paths
+
+
+def content_hash(parts: list[bytes]) -> str:
+    """sha256 over length-prefixed parts (so part boundaries cannot collide)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    kind: str            # "micro" or "debian"
+    hash: str
+    path: Path           # the main file (initramfs or disk image)
+    created: float       # epoch seconds
+    manifest: Path
+    extra: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.hash[:16]}"
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk of every file of the entry (sparse disk images count what they use)."""
+        total = 0
+        for rel in self.extra.get("files", [self.path.name]):
+            file = self.manifest.parent / rel
+            if file.exists():
+                total += file.stat().st_blocks * 512
+        return total
+
+
+def manifest_path(kind: str, digest: str) -> Path:
+    return paths.images_dir() / f"{kind}-{digest[:16]}.json"
+
+
+def write_manifest(kind: str, digest: str, main: Path, files: list[str], **extra) -> ImageEntry:
+    target = manifest_path(kind, digest)
+    doc = {"kind": kind, "hash": digest, "path": main.name, "created": time.time(),
+           "files": files, **extra}
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(target)
+    return load(target)
+
+
+def load(manifest: Path) -> ImageEntry:
+    doc = json.loads(manifest.read_text())
+    return ImageEntry(kind=doc["kind"], hash=doc["hash"], path=manifest.parent / doc["path"],
+                      created=doc["created"], manifest=manifest, extra=doc)
+
+
+def lookup(kind: str, digest: str) -> ImageEntry | None:
+    """The complete entry for these inputs, or None (missing or half-written)."""
+    manifest = manifest_path(kind, digest)
+    if not manifest.exists():
+        return None
+    try:
+        entry = load(manifest)
+    except (ValueError, KeyError):
+        return None
+    return entry if entry.path.exists() else None
+
+
+def list_all() -> list[ImageEntry]:
+    entries = []
+    for manifest in sorted(paths.images_dir().glob("*.json")):
+        try:
+            entries.append(load(manifest))
+        except (ValueError, KeyError):
+            continue
+    return sorted(entries, key=lambda e: e.created)
