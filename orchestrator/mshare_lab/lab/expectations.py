@@ -1,0 +1,156 @@
+"""What a scenario is expected to do, and the check of a run against it.
+
+A matrix entry says ``expect: {outcome: completed, pte_ratio_max: 1.3}``; ``check`` turns
+each unmet expectation into one sentence with the expected and the measured value, so a
+failing test or a report line needs no further explanation. The keys are declared here
+(``KNOWN``) so that the matrix loader can reject a misspelt key before anything boots.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Callable
+
+from ..units import format_size, parse_size
+from .record import RunRecord
+from .scenario import OUTCOMES
+
+#: numeric fields of the workload result document (dotted = nested), see docs/design.md
+RESULT_METRICS: tuple[str, ...] = (
+    "region_bytes", "clients_requested", "clients_attached", "pagetables_delta_bytes",
+    "region_pagetable_bytes", "theory_pte_bytes", "pte_ratio", "attach_populate_s",
+    "throughput_tps", "latency_us.p50", "latency_us.p99", "protect_change_us",
+    "oom_kills.clients_killed", "oom_kills.vmstat_oom_kill_delta",
+)
+#: numbers the run record itself carries (not the workload's)
+RECORD_METRICS: tuple[str, ...] = ("guest_seconds", "wall_seconds", "overhead_seconds", "attempts")
+METRICS: tuple[str, ...] = RESULT_METRICS + RECORD_METRICS
+
+#: every expectation key a matrix may use
+KNOWN: tuple[str, ...] = (
+    "outcome", "sharing_verified", "oom_kills_min",
+    *(f"{m}_{bound}" for m in METRICS for bound in ("max", "min")),
+)
+
+# kernel log lines that each mean one OOM kill (global or memory cgroup)
+_OOM_LINE = re.compile(r"Out of memory: Kill(?:ed)? process|Memory cgroup out of memory: Kill")
+
+
+def validate(key: str, value: Any) -> Any:
+    """The normalised value of one expectation; ValueError naming the fix otherwise."""
+    if key not in KNOWN:
+        close = difflib.get_close_matches(key, KNOWN, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else \
+            "; use outcome, sharing_verified, oom_kills_min or <metric>_max/_min"
+        raise ValueError(f"unknown expectation '{key}'{hint}")
+    if key == "outcome":
+        return _outcomes(value)
+    if key == "sharing_verified":
+        if not isinstance(value, bool):
+            raise ValueError(f"'{value}' must be true or false")
+        return value
+    metric = key.rsplit("_", 1)[0]
+    if metric.endswith("_bytes") and isinstance(value, str):
+        return parse_size(value)     # pagetables_delta_bytes_max: 64M reads naturally
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"'{value}' is not a number")
+    return value
+
+
+def _outcomes(value: Any) -> tuple[str, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if item not in OUTCOMES:
+            close = difflib.get_close_matches(str(item), OUTCOMES, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown outcome '{item}'; {hint}choose from {', '.join(OUTCOMES)}")
+    return tuple(values)
+
+
+def check(expect: dict[str, Any], record: RunRecord) -> list[str]:
+    """Each unmet expectation as a sentence; an empty list means every one was met."""
+    failures: list[str] = []
+    for key, wanted in expect.items():
+        message = _check_one(key, wanted, record)
+        if message:
+            failures.append(message)
+    return failures
+
+
+def _check_one(key: str, wanted: Any, record: RunRecord) -> str | None:
+    if key == "outcome":
+        allowed = _outcomes(wanted)
+        if record.outcome in allowed:
+            return None
+        reason = f" ({record.reason})" if record.reason else ""
+        return f"outcome: expected {' or '.join(allowed)}, measured {record.outcome}{reason}"
+    if key == "sharing_verified":
+        measured = record.metric("sharing_verified")
+        if measured is None:
+            return f"sharing_verified: expected {_bool(wanted)}, but the run left no result{_why(record)}"
+        if bool(measured) != wanted:
+            return f"sharing_verified: expected {_bool(wanted)}, measured {_bool(measured)}"
+        return None
+    if key == "oom_kills_min":
+        measured = oom_kills(record)
+        if measured >= wanted:
+            return None
+        return f"oom_kills: expected at least {wanted}, measured {measured}{_why(record)}"
+    metric, bound = key.rsplit("_", 1)
+    return _check_bound(metric, bound, wanted, record)
+
+
+def _check_bound(metric: str, bound: str, wanted: float, record: RunRecord) -> str | None:
+    measured = metric_value(record, metric)
+    show = _formatter(metric)
+    words = "at most" if bound == "max" else "at least"
+    if measured is None:
+        return f"{metric}: expected {words} {show(wanted)}, but the run has no {metric}{_why(record)}"
+    ok = measured <= wanted if bound == "max" else measured >= wanted
+    if ok:
+        return None
+    return f"{metric}: expected {words} {show(wanted)}, measured {show(measured)}"
+
+
+def metric_value(record: RunRecord, name: str) -> float | None:
+    """A numeric metric of the run (workload result or run record), None when absent."""
+    if name in RECORD_METRICS:
+        return float(getattr(record, name))
+    value = record.metric(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def oom_kills(record: RunRecord) -> int:
+    """How many processes the OOM killer took in the run.
+
+    The workload counts its killed clients and the vmstat oom_kill delta; when the guest
+    died before writing a result, the runner leaves the kernel log (result ``dmesg`` or
+    the reason) and its OOM lines are counted. An ``oom`` outcome is at least one kill:
+    the runner only says oom on kernel evidence.
+    """
+    counts = [record.metric("oom_kills.clients_killed"), record.metric("oom_kills.vmstat_oom_kill_delta")]
+    found = [int(c) for c in counts if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    for text in (record.metric("dmesg"), record.reason):
+        if isinstance(text, str):
+            found.append(len(_OOM_LINE.findall(text)))
+    best = max(found, default=0)
+    return max(best, 1) if record.outcome == "oom" else best
+
+
+def _formatter(metric: str) -> Callable[[float], str]:
+    if metric.endswith("_bytes"):
+        return lambda v: f"{format_size(v)} ({int(v)} B)"
+    return lambda v: f"{v:g}"
+
+
+def _bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _why(record: RunRecord) -> str:
+    if record.outcome == "completed" and not record.reason:
+        return ""
+    return f" (outcome {record.outcome}: {record.reason})" if record.reason else f" (outcome {record.outcome})"
