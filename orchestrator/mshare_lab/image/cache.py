@@ -64,7 +64,7 @@ def manifest_path(kind: str, digest: str) -> Path:
 
 def write_manifest(kind: str, digest: str, main: Path, files: list[str], **extra) -> ImageEntry:
     target = manifest_path(kind, digest)
-    doc = {"kind": kind, "hash": digest, "path": main.name, "created": time.time(),
+    doc = {"kind": kind, "hash": digest, "path": str(main.relative_to(target.parent)), "created": time.time(),
            "files": files, **extra}
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

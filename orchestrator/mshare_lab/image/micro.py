@@ -61,7 +61,7 @@ def _workload_binary() -> Path:
         from ..workload.build import ensure_binary
     except ImportError as exc:
         raise NotFoundError("the workload builder mshare_lab.workload.build is not installed",
-                            hint="pass workload_binary= explicitly") from exc
+                            hint="the workload area (workloads/sga) must land first; build() also takes workload_binary=") from exc
     return ensure_binary()
 
 
@@ -71,7 +71,7 @@ def _busybox() -> Path:
     return BUSYBOX
 
 
-def input_hash(busybox: Path, workload: Path, init: Path = INIT_SCRIPT) -> str:
+def input_hash(busybox: Path, workload: Path, init: Path) -> str:
     return cache.content_hash([RECIPE_VERSION, init.read_bytes(),
                                cache.file_digest(busybox), cache.file_digest(workload)])
 
@@ -81,7 +81,7 @@ def build(progress: Progress | None = None, *, force: bool = False,
     """The base micro initramfs (gzip newc cpio); rebuilt only when an input changed."""
     busybox = _busybox()
     workload = workload_binary or _workload_binary()
-    digest = input_hash(busybox, workload)
+    digest = input_hash(busybox, workload, INIT_SCRIPT)
     hit = None if force else cache.lookup("micro", digest)
     if hit:
         _say(progress, f"micro image {hit.name}: cached")
