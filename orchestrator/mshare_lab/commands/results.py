@@ -1,5 +1,192 @@
-"""CLI commands of the results area (placeholder until that area lands)."""
+"""``mshare-lab results list|show|export`` and ``mshare-lab compare``: read the results store."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from ..errors import NotFoundError
+from ..lab.record import RunRecord
+from ..lab.scenario import OUTCOMES
+from ..paths import default_results_db
+from ..results import compare as compare_mod
+from ..results import export
+from ..results.store import ResultStore
+from ..units import format_size
 
 
 def register(subparsers) -> None:
-    pass
+    results = subparsers.add_parser("results", help="list, show and export stored runs")
+    sub = results.add_subparsers(dest="results_command", metavar="ACTION", required=True)
+
+    listing = sub.add_parser("list", help="one line per stored run")
+    _filters(listing)
+    listing.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs (the latest)")
+    listing.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="everything stored about one run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _results_file(show)
+    show.set_defaults(func=cmd_show)
+
+    exporting = sub.add_parser("export", help="write runs as CSV (one row per run) or JSON (full records)")
+    kind = exporting.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--csv", dest="format", action="store_const", const="csv")
+    kind.add_argument("--json", dest="format", action="store_const", const="json")
+    exporting.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                           help="write here instead of stdout")
+    _filters(exporting)
+    exporting.set_defaults(func=cmd_export)
+
+    comparing = subparsers.add_parser(
+        "compare", help="kernels or mechanisms side by side (mean ± sd, Welch's t-test vs a baseline)")
+    comparing.add_argument("--by", choices=compare_mod.AXES, default="kernel",
+                           help="the axis to compare; the other scenario dimensions are held equal")
+    comparing.add_argument("--baseline", default=None, metavar="NAME",
+                           help="the group the others are tested against (default: the first one run)")
+    comparing.add_argument("--metric", dest="metrics", action="append", default=None, metavar="M",
+                           help="metric to compare, repeatable (default: " + ", ".join(compare_mod.DEFAULT_METRICS) + ")")
+    _filters(comparing)
+    comparing.set_defaults(func=cmd_compare)
+
+
+def _results_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=None, metavar="FILE",
+                        help="results database (default: <lab home>/results.sqlite)")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel", default=None, metavar="K")
+    parser.add_argument("--mechanism", default=None, metavar="M")
+    parser.add_argument("--outcome", default=None, choices=OUTCOMES)
+    parser.add_argument("--scenario", default=None, metavar="ID",
+                        help="a scenario id, a point id (id without #repeat) or a glob")
+    _results_file(parser)
+
+
+@contextlib.contextmanager
+def open_store(path: Path | None) -> Iterator[ResultStore]:
+    """The store to read; a missing file is an error, not a new empty database."""
+    path = path or default_results_db()
+    if not path.exists():
+        raise NotFoundError(f"no results file at {path}",
+                            hint="run a matrix first ('mshare-lab run MATRIX') or pass --results FILE")
+    store = ResultStore(path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _selected(store: ResultStore, args: argparse.Namespace) -> list[RunRecord]:
+    return store.runs(kernel=args.kernel, mechanism=args.mechanism, outcome=args.outcome,
+                      scenario=args.scenario)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_store(args.results) as store:
+        records = _selected(store, args)
+    if args.limit is not None:
+        records = records[-args.limit:] if args.limit > 0 else []
+    rows = [("RUN", "SCENARIO", "OUTCOME", "PTE RATIO", "GUEST S", "EXPECT", "REASON")]
+    for r in records:
+        ratio = r.metric("pte_ratio")
+        rows.append((r.run_id or "", r.scenario_id, r.outcome,
+                     f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
+                     f"{r.guest_seconds:.1f}",
+                     f"{len(r.expectation_failures)} failed" if r.expectation_failures else "met",
+                     _short(r.reason or "")))
+    print(_table(rows))
+    print(f"{len(records)} run(s)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_store(args.results) as store:
+        record = store.get(args.run_id)
+        metrics = store.metrics(args.run_id)
+        series = store.timeseries(args.run_id)
+    write_record(record, metrics, series, sys.stdout)
+    return 0
+
+
+def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str, list], out: TextIO) -> None:
+    s = record.scenario
+    w, g = s.workload, s.guest
+    print(f"run        {record.run_id}", file=out)
+    print(f"scenario   {s.scenario_id}  (from {s.source or 'command line'})", file=out)
+    print(f"workload   {w.mechanism}, region {format_size(w.sga)}, {w.clients} clients, {w.duration:g} s, "
+          f"populate {w.populate:g}, write share {w.write_share:g}"
+          + (f", memory limit {format_size(w.memory_limit)}" if w.memory_limit else ""), file=out)
+    print(f"guest      {g.image}, {format_size(g.memory)} RAM, {g.vcpus} vCPUs, timeout {g.timeout:g} s"
+          + (", host huge pages" if g.hugepage_backing else ""), file=out)
+    release = record.kernel_metadata.get("release") or record.metric("kernel_release") or "?"
+    print(f"kernel     {s.kernel} ({release})", file=out)
+    print(f"outcome    {record.outcome}" + (f": {record.reason}" if record.reason else ""), file=out)
+    print(f"times      wall {record.wall_seconds:.1f} s, guest {record.guest_seconds:.1f} s, "
+          f"overhead {record.overhead_seconds:.1f} s, attempts {record.attempts}", file=out)
+    if s.expect:
+        verdict = "met" if not record.expectation_failures else "NOT met"
+        print(f"expect     {_expect_text(s.expect)}: {verdict}", file=out)
+        for failure in record.expectation_failures:
+            print(f"           - {failure}", file=out)
+    if metrics:
+        print("metrics", file=out)
+        width = max(len(n) for n in metrics)
+        for name, value in metrics.items():
+            shown = f"{format_size(value)} ({value:.0f})" if name.endswith("_bytes") else f"{value:g}"
+            print(f"  {name.ljust(width)}  {shown}", file=out)
+    if series:
+        print("time series", file=out)
+        for name, points in series.items():
+            values = [v for _, v in points]
+            print(f"  {name}: {len(points)} points over {points[-1][0] - points[0][0]:g} s, "
+                  f"{min(values):g} .. {max(values):g}", file=out)
+    for label, path in (("console", record.console_log), ("artifacts", record.artifacts_dir)):
+        if path:
+            print(f"{label.ljust(10)} {path}", file=out)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_store(args.results) as store:
+        records = _selected(store, args)
+    writer = export.write_csv if args.format == "csv" else export.write_json
+    if args.output is None:
+        writer(records, sys.stdout)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    # write beside and rename, so a failed export never leaves half a file behind
+    partial = args.output.with_name(args.output.name + ".partial")
+    try:
+        with partial.open("w", newline="") as out:
+            count = writer(records, out)
+        partial.replace(args.output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {count} run(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with open_store(args.results) as store:
+        records = _selected(store, args)
+    comparison = compare_mod.compare(records, by=args.by, baseline=args.baseline, metrics=args.metrics)
+    print(compare_mod.format_table(comparison))
+    return 0
+
+
+def _expect_text(expect: dict) -> str:
+    return ", ".join(f"{k}={'|'.join(v) if isinstance(v, list) else v}" for k, v in expect.items())
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
