@@ -45,7 +45,7 @@ def validate(key: str, value: Any) -> Any:
             "; use outcome, sharing_verified, oom_kills_min or <metric>_max/_min"
         raise ValueError(f"unknown expectation '{key}'{hint}")
     if key == "outcome":
-        return _outcomes(value)
+        return list(_outcomes(value))   # a list so the scenario round-trips through JSON
     if key == "sharing_verified":
         if not isinstance(value, bool):
             raise ValueError(f"'{value}' must be true or false")
@@ -68,9 +68,21 @@ def _outcomes(value: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+#: outcomes that fail a scenario unless its ``outcome`` expectation names them
+UNEXPECTED_UNLESS_NAMED = ("guest-panic", "guest-hang")
+
+
 def check(expect: dict[str, Any], record: RunRecord) -> list[str]:
-    """Each unmet expectation as a sentence; an empty list means every one was met."""
+    """Each unmet expectation as a sentence; an empty list means every one was met.
+
+    Without an ``outcome`` key any outcome is accepted except a guest panic or hang:
+    a crashed kernel is never silently a pass.
+    """
     failures: list[str] = []
+    if "outcome" not in expect and record.outcome in UNEXPECTED_UNLESS_NAMED:
+        reason = f" ({record.reason})" if record.reason else ""
+        failures.append(f"outcome: {record.outcome} was not expected{reason}; "
+                        f"add 'outcome: {record.outcome}' to expect if it is")
     for key, wanted in expect.items():
         message = _check_one(key, wanted, record)
         if message:
