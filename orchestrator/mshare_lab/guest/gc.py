@@ -1,0 +1,82 @@
+"""Sweep what dead runs left behind: lab domains, their files, per-run scratch dirs.
+
+A run cleans up after itself on every way out Python sees (``boot`` is a context
+manager). What it cannot cover is its own SIGKILL or a host crash: libvirtd then kills
+the guest (AUTODESTROY) but the definition, the per-run initrd and the overlays stay.
+Every lab domain names its owner (pid + process start time, so a reused pid does not look
+alive) in its metadata; ``gc`` removes the ones whose owner is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .domain import LabMetadata, owner_alive
+from .libvirt_driver import SCRATCH_OWNER_FILE, LibvirtDriver, scratch_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GcReport:
+    domains: list[str] = field(default_factory=list)        # removed
+    files: list[Path] = field(default_factory=list)         # removed with them
+    scratch_dirs: list[Path] = field(default_factory=list)  # removed
+    kept: list[str] = field(default_factory=list)           # domains of live owners
+
+    def summary(self) -> str:
+        return (f"removed {len(self.domains)} domain(s), {len(self.files)} file(s), "
+                f"{len(self.scratch_dirs)} scratch dir(s); kept {len(self.kept)} domain(s) of running owners")
+
+
+def gc(uri: str | None = None, *, everything: bool = False, driver: LibvirtDriver | None = None) -> GcReport:
+    """Remove leftovers of dead runs (``everything``: of every run, alive or not)."""
+    own = driver is None
+    driver = driver or LibvirtDriver(uri)
+    report = GcReport()
+    try:
+        for name, meta, _active in driver.lab_domains():
+            if not everything and (meta is None or owner_alive(meta)):
+                # a lab-named domain without our metadata was not made by this lab version:
+                # only --all touches it
+                report.kept.append(name)
+                continue
+            files = meta.files if meta else ()
+            driver.teardown(name, files)
+            report.domains.append(name)
+            report.files.extend(files)
+        report.scratch_dirs = _sweep_scratch(everything=everything, keep=driver.run_id)
+    finally:
+        if own:
+            driver.close()
+    return report
+
+
+def _sweep_scratch(*, everything: bool, keep: str) -> list[Path]:
+    removed = []
+    for path in sorted(scratch_root().iterdir()):
+        if not path.is_dir() or path.name == keep:
+            continue
+        if everything or not _scratch_owner_alive(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _scratch_owner_alive(path: Path) -> bool:
+    try:
+        data = json.loads((path / SCRATCH_OWNER_FILE).read_text())
+        meta = LabMetadata(run_id=path.name, owner_pid=int(data["pid"]), owner_start=str(data.get("start", "")))
+    except (OSError, ValueError, KeyError, TypeError):
+        # no readable owner file: either being created this instant (the owner writes it
+        # right after mkdir) or left by a crash; only an old one is treated as dead
+        try:
+            return time.time() - path.stat().st_mtime < 600
+        except OSError:
+            return False
+    return owner_alive(meta)
