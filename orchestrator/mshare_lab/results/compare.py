@@ -80,10 +80,11 @@ def welch_p(sample: list[float], baseline: list[float]) -> tuple[float | None, s
     """Welch's t-test p-value of a sample against the baseline, or None with the reason."""
     if len(sample) < 2 or len(baseline) < 2:
         return None, "n<2, no test"
-    result = stats.ttest_ind(sample, baseline, equal_var=False)
-    p = float(result.pvalue)
-    if math.isnan(p):
+    if statistics.pvariance(sample) == 0 and statistics.pvariance(baseline) == 0:
         # both samples constant: the t statistic is undefined
+        return None, "no variance, no test"
+    p = float(stats.ttest_ind(sample, baseline, equal_var=False).pvalue)
+    if math.isnan(p):
         return None, "no variance, no test"
     return p, ""
 
