@@ -97,7 +97,10 @@ class LabSession:
         # the driver's close tears down whatever guest an interrupted run left
         try:
             if self._driver is not None:
-                self._driver.close()
+                try:
+                    self._driver.remove_scratch()    # per-run initrd copies and overlays
+                finally:
+                    self._driver.close()
         finally:
             self._driver = None
             if self._store is not None:
