@@ -38,6 +38,10 @@ QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 DOMAIN_PREFIX = "mshare-lab-"
 
 DOMAIN_TYPES = ("kvm", "qemu")
+#: PCI slot of the passthrough NIC. libvirt does not see a <qemu:commandline> device and
+#: would hand its slot (2, the first free one) to the first virtio disk as well; QEMU then
+#: refuses to start. Slot 0x1e is one libvirt assigns last.
+NIC_PCI_SLOT = "0x1e"
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ class DomainSpec:
         for fwd in self.forwards:
             netdev += f",hostfwd=tcp:127.0.0.1:{fwd.host_port}-:{fwd.guest_port}"
         cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        for arg in ("-netdev", netdev, "-device", "virtio-net-pci,netdev=labnet"):
+        for arg in ("-netdev", netdev, "-device", f"virtio-net-pci,netdev=labnet,addr={NIC_PCI_SLOT}"):
             ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
 
 
