@@ -1,0 +1,236 @@
+"""Build a kernel from source + patches + config fragments into a content-addressed artifact.
+
+The recipe (tuxmake style, data not code paths):
+
+1. identify the source (tarball sha256, git commit, directory fingerprint), hash every
+   patch and fragment; the content hash of all inputs names the artifact, so the same
+   inputs are a cache hit and are never built twice (``force`` rebuilds);
+2. materialise a private tree (the user's source is never written), apply the patches
+   (a patch that does not apply stops here: PatchError, before any compiling);
+3. ``make allnoconfig`` with KCONFIG_ALLCONFIG = base fragment + user fragments (later
+   wins), then check that every option asked for is in the final .config
+   (ConfigDroppedError names the dropped ones, still before compiling);
+4. ``make bzImage`` out of tree, with live throttled progress and the full log kept;
+5. assemble bzImage, .config, System.map, build.log and metadata.json (mechanisms
+   detected from the patched tree and the config) and register the name.
+
+The private tree and build directory are removed on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ConfigDroppedError, ConfigError, NotFoundError, ToolError
+from ..paths import REPO_ROOT, kernels_dir
+from . import detect, kconfig, source, store
+from .artifact import BUILD_LOG, BZIMAGE, CONFIG, MODULES, SYSTEM_MAP, KernelArtifact, write_metadata
+from .patches import PatchInput, apply_all, expand
+from .progress import MakeTail, Progress, stderr_progress
+from .tools import run, stream
+
+#: bump when the steps below change what a given set of inputs produces
+RECIPE_VERSION = 1
+FRAGMENTS_DIR = REPO_ROOT / "images" / "kernel"
+BASE_FRAGMENT = FRAGMENTS_DIR / "base.config"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: str                                   # directory, tarball, or git path/URL
+    name: str
+    ref: str | None = None
+    patches: tuple[Path, ...] = ()
+    fragments: tuple[str | Path, ...] = ()        # paths, or names of images/kernel/<name>.config
+    force: bool = False
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """Everything that decides the artifact's content, hashed into its name."""
+
+    source: source.SourceIdentity
+    patches: tuple[PatchInput, ...]
+    fragments: tuple[Path, ...]                   # base first, then the user's, in order
+
+    def fragment_hashes(self) -> list[dict]:
+        return [{"path": str(p), "sha256": source.file_sha256(p)} for p in self.fragments]
+
+    def content_hash(self) -> str:
+        key = {
+            "recipe": RECIPE_VERSION,
+            "source": {"kind": self.source.kind, "digest": self.source.digest},
+            "patches": [sha for p in self.patches for _, sha in p.files],
+            "fragments": [f["sha256"] for f in self.fragment_hashes()],
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def resolve_fragment(spec: str | Path) -> Path:
+    """A fragment path as given, or a name from images/kernel/ (``mshare`` -> mshare.config)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for candidate in (FRAGMENTS_DIR / str(spec), FRAGMENTS_DIR / f"{spec}.config"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in FRAGMENTS_DIR.glob("*.config") if p != BASE_FRAGMENT))
+    raise NotFoundError(f"config fragment {spec} not found", hint=f"pass a file or one of: {known}")
+
+
+def resolve_inputs(request: BuildRequest) -> ResolvedInputs:
+    """Everything cheap that can be wrong is checked here, before any copying or make."""
+    store.check_name(request.name)
+    if request.jobs < 1:
+        raise ConfigError(f"--jobs {request.jobs} must be at least 1")
+    fragments = (BASE_FRAGMENT, *(resolve_fragment(f) for f in request.fragments))
+    for fragment in fragments:
+        kconfig.parse_fragment(fragment)          # malformed lines fail now, with file:line
+    patches = tuple(expand(Path(p)) for p in request.patches)
+    return ResolvedInputs(source.identify(request.source, request.ref), patches, fragments)
+
+
+def build_kernel(request: BuildRequest, progress: Progress = stderr_progress) -> KernelArtifact:
+    inputs = resolve_inputs(request)
+    digest = inputs.content_hash()
+    with _lock(digest):
+        if not request.force and store.find_hash(digest) is not None:
+            progress(f"kernel: cache hit for {request.name} ({digest[:12]}): same inputs already built")
+            return store.alias(request.name, digest)
+        log = _log_path(request.name)
+        started = time.monotonic()
+        with _workdir(digest) as work:
+            tree = source.private_tree(inputs.source, work / "src", progress)
+            apply_all(list(inputs.patches), tree, progress)
+            objdir = work / "build"
+            objdir.mkdir()
+            final = configure(tree, objdir, inputs.fragments, log, progress)
+            with_modules = final.get("CONFIG_MODULES") == "y"
+            compile_kernel(tree, objdir, request.jobs, log, progress, with_modules)
+            release = run(["make", "-s", f"O={objdir}", "kernelrelease"], cwd=tree,
+                          what="make kernelrelease").strip().splitlines()[-1]
+            seconds = round(time.monotonic() - started, 1)
+            with store.staging(digest) as stage:
+                shutil.copy2(objdir / "arch/x86/boot/bzImage", stage / BZIMAGE)
+                shutil.copy2(objdir / ".config", stage / CONFIG)
+                shutil.copy2(objdir / "System.map", stage / SYSTEM_MAP)
+                if with_modules:
+                    progress("kernel: installing modules")
+                    stream(["make", f"O={objdir}", f"INSTALL_MOD_PATH={stage / MODULES}", "modules_install"],
+                           cwd=tree, log=log, on_line=lambda _l: None, what="make modules_install")
+                write_metadata(stage, {
+                    "name": request.name,
+                    "kind": "built",
+                    "release": release,
+                    "source": inputs.source.as_dict(),
+                    "patches": [p.describe() for p in inputs.patches],
+                    "fragments": inputs.fragment_hashes(),
+                    "mechanisms": detect.detect(tree, final),
+                    "compiler": final.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
+                    "build_seconds": seconds,
+                    "jobs": request.jobs,
+                    "recipe_version": RECIPE_VERSION,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "content_hash": digest,
+                })
+                shutil.copy2(log, stage / BUILD_LOG)
+        artifact = store.alias(request.name, digest)
+    progress(f"kernel: built {artifact.name} {release} in {seconds:.0f} s ({digest[:12]})")
+    return artifact
+
+
+def configure(tree: Path, objdir: Path, fragments: tuple[Path, ...], log: Path,
+              progress: Progress) -> dict[str, str]:
+    """allnoconfig + fragments; ConfigDroppedError when an asked-for option did not survive."""
+    progress("kernel: configuring (allnoconfig + " + ", ".join(f.name for f in fragments) + ")")
+    merged = objdir / "mshare-lab-fragments.config"
+    merged.write_text("".join(f.read_text().rstrip("\n") + "\n" for f in fragments))
+    stream(["make", f"O={objdir}", f"KCONFIG_ALLCONFIG={merged}", "allnoconfig"], cwd=tree, log=log,
+           on_line=lambda _l: None, what="make allnoconfig")
+    final = kconfig.read_config(objdir / ".config")
+    lost = kconfig.dropped(kconfig.effective_requests(list(fragments)), final)
+    if lost:
+        details = "; ".join(f"{r.line()} (asked at {r.location}) ended as {_shown(got)}" for r, got in lost)
+        raise ConfigDroppedError(f"{len(lost)} config option(s) dropped by Kconfig: {details}",
+                                 hint="an unmet dependency or an option this source does not have; "
+                                      "add the dependency to the fragment or use the kernel that has it")
+    return final
+
+
+def _shown(value: str) -> str:
+    return "not set" if value == "n" else value
+
+
+def compile_kernel(tree: Path, objdir: Path, jobs: int, log: Path, progress: Progress, with_modules: bool) -> None:
+    targets = ["bzImage", "modules"] if with_modules else ["bzImage"]
+    progress(f"kernel: make -j{jobs} {' '.join(targets)} (log: {log})")
+    tail = MakeTail(progress)
+    stream(["make", f"O={objdir}", f"-j{jobs}", *targets], cwd=tree, log=log, on_line=tail.feed,
+           what="make " + " ".join(targets))
+    progress(f"  make: done, {tail.compiled} CC, {tail.steps} steps")
+
+
+def _log_path(name: str) -> Path:
+    """Kept outside the work dir so a failed build's log survives for the ToolError to name."""
+    logs = kernels_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    log.write_text("")
+    return log
+
+
+@contextmanager
+def _workdir(digest: str) -> Iterator[Path]:
+    """Private source + object dir on the cache's filesystem (hard links need that)."""
+    root = kernels_dir() / "work"
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_dead(root)
+    work = root / f"{digest[:12]}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _sweep_dead(root: Path) -> None:
+    """Work dirs of builds whose process died without cleaning (kill -9, power loss)."""
+    for entry in root.iterdir():
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _lock(digest: str) -> Iterator[None]:
+    """One build per content hash at a time; the second waits and then finds the cache hit."""
+    locks = kernels_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{digest}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
