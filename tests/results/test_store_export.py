@@ -89,3 +89,22 @@ def test_cli_missing_results_file_is_a_user_error(tmp_path, capsys):
     assert main(["results", "list", "--results", str(tmp_path / "none.sqlite")]) == 2
     assert "no results file" in capsys.readouterr().err
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_interrupted_export_leaves_no_file(tmp_path, record_factory, capsys, monkeypatch):
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as store:
+        for r in two_runs(record_factory):
+            store.add(r)
+    real_write = export.write_csv
+
+    def write_then_interrupt(records, out):
+        real_write(records, out)
+        out.flush()
+        raise KeyboardInterrupt          # Ctrl-C after half the work was on disk
+
+    monkeypatch.setattr(export, "write_csv", write_then_interrupt)
+    target = tmp_path / "runs.csv"
+    assert main(["results", "export", "--csv", "-o", str(target), "--results", str(db)]) == 130
+    # no export file, no partial file, and no -wal/-shm: the store was closed too
+    assert [p.name for p in tmp_path.iterdir()] == ["r.sqlite"]

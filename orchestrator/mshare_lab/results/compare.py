@@ -17,8 +17,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from scipy import stats
-
 from ..errors import ConfigError, NotFoundError
 from ..lab.expectations import METRICS, metric_value
 from ..lab.record import RunRecord
@@ -83,6 +81,8 @@ def welch_p(sample: list[float], baseline: list[float]) -> tuple[float | None, s
     if statistics.pvariance(sample) == 0 and statistics.pvariance(baseline) == 0:
         # both samples constant: the t statistic is undefined
         return None, "no variance, no test"
+    # imported here: scipy takes seconds to load and every CLI start imports this module
+    from scipy import stats
     p = float(stats.ttest_ind(sample, baseline, equal_var=False).pvalue)
     if math.isnan(p):
         return None, "no variance, no test"
