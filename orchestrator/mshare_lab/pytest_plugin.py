@@ -18,6 +18,7 @@ it to execute scenarios differently (the plugin's own tests do, see there).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -84,14 +85,16 @@ class LabSession:
         return self._driver
 
     def workdir(self, scenario: Scenario) -> Path:
-        """A kept directory per scenario: the stored run points at its console log there."""
+        """Where a scenario keeps its artifacts (the stored run points at its console log).
+
+        Not created here: the runner creates it and removes it again when the run is
+        interrupted, which it only does for a directory it created itself.
+        """
         if self._workdir is None:
             from .paths import runs_dir
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            self._workdir = runs_dir() / f"pytest-{stamp}-{_pid()}"
-        path = self._workdir / re.sub(r"[^A-Za-z0-9._-]+", "_", scenario.scenario_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+            self._workdir = runs_dir() / f"pytest-{stamp}-{os.getpid()}"
+        return self._workdir / re.sub(r"[^A-Za-z0-9._-]+", "_", scenario.scenario_id)
 
     def close(self) -> None:
         # the driver's close tears down whatever guest an interrupted run left
@@ -141,11 +144,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _covers(arg: Path, target: Path) -> bool:
     arg = arg.resolve()
     return arg == target or arg in target.parents
-
-
-def _pid() -> int:
-    import os
-    return os.getpid()
 
 
 # --- fixtures ----------------------------------------------------------------------------
