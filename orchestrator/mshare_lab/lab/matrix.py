@@ -44,8 +44,10 @@ from .scenario import GuestShape, Scenario
 class LineMap(dict):
     """A YAML mapping that knows its own line and the line of each key (1-based)."""
 
-    line: int = 0
-    key_lines: dict[Any, int]
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict[Any, int] = {}
 
     def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
@@ -54,8 +56,10 @@ class LineMap(dict):
 class LineList(list):
     """A YAML sequence that knows its own line and the line of each item (1-based)."""
 
-    line: int = 0
-    item_lines: list[int]
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.line = 0
+        self.item_lines: list[int] = []
 
     def line_of(self, index: int) -> int:
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
@@ -74,7 +78,6 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
     data = LineMap()
     data.line = node.start_mark.line + 1
-    data.key_lines = {}
     yield data
     # PyYAML silently keeps the last of two equal keys; in a matrix that hides a typo'd
     # copy-paste, so it is an error here
