@@ -1,0 +1,1043 @@
+/* The coordinator: probes the mechanism, checks and raises limits, has an owner create
+ * the region, forks the clients (without the region mapped), drives the phases, samples
+ * the counters, cleans up everything it made and writes one result document. */
+#include "sga.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void release_private_mounts(const struct config *cfg);
+
+#define MAX_SAMPLES 4096
+#define MAX_RESTORE 8
+
+static volatile sig_atomic_t interrupted;
+static void on_interrupt(int sig) { interrupted = sig; }
+
+/* Everything measured so far: progress lines and the final document render this. */
+static struct run {
+    const char *phase;
+    enum outcome outcome;
+    char reason[512];
+    char kernel_release[128];
+    const struct mechanism *mech;
+    int64_t started_at;
+    int64_t t0_ns, fork_ns;
+    int forked, attached, failed, killed, reaped_count;
+    int64_t pt_before, pt_after, pt_peak, pt_parked, pt_detached;   /* bytes, -1 unknown */
+    int64_t fixed_pte;
+    int64_t vm_min, vm_med, vm_max, vm_sum;
+    double attach_populate_s;
+    uint64_t transactions, writes;
+    double tx_seconds;
+    double p50, p90, p99;
+    double protect_us;
+    int protect_acked;
+    int64_t oom_vmstat_before, oom_vmstat_delta, cg_oom_kill;
+    int populate_madvise;
+    /* memory cgroup */
+    const char *cg_version;
+    char cg_dir[512];
+    char cg_procs[560];
+    /* errors */
+    char errors[8][200];
+    int nerrors;
+    /* sysctls raised, restored at the end */
+    struct { char path[96]; char old[64]; char now[64]; } restore[MAX_RESTORE];
+    int nrestore;
+    /* time series */
+    int ns, stride_samples;
+    double sample_every, next_sample;
+    double ts_t[MAX_SAMPLES];
+    int64_t ts_pt[MAX_SAMPLES], ts_free[MAX_SAMPLES], ts_oom[MAX_SAMPLES];
+} R;
+
+static struct config *C;
+static struct control *CTL;
+static size_t ctl_bytes;
+static pid_t owner_pid = -1;
+static pid_t clients_pgid;   /* the clients' own process group: one kill() reaches all */
+static int *reaped;          /* per client: 0 alive, 1 reaped */
+static int teardown;         /* kills from here on are ours, not the OOM killer's */
+
+static double since_start(void) { return (double)(now_ns() - R.t0_ns) / 1e9; }
+
+static void add_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void add_error(const char *fmt, ...)
+{
+    if (R.nerrors >= 8)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(R.errors[R.nerrors], sizeof R.errors[0], fmt, ap);
+    va_end(ap);
+    for (int i = 0; i < R.nerrors; i++)
+        if (strcmp(R.errors[i], R.errors[R.nerrors]) == 0)
+            return;
+    R.nerrors++;
+}
+
+/* ---- monitor: PageTables, MemFree, oom_kill over time (mmtests-style) ---------------- */
+
+static void sample_now(void)
+{
+    double t = since_start();
+    int64_t pt = read_meminfo_kb("PageTables") * 1024;
+    if (pt > R.pt_peak)
+        R.pt_peak = pt;
+    if (t < R.next_sample)
+        return;
+    if (R.ns == MAX_SAMPLES) {
+        /* full: keep every other sample and halve the rate */
+        for (int i = 0; i < MAX_SAMPLES / 2; i++) {
+            R.ts_t[i] = R.ts_t[2 * i];
+            R.ts_pt[i] = R.ts_pt[2 * i];
+            R.ts_free[i] = R.ts_free[2 * i];
+            R.ts_oom[i] = R.ts_oom[2 * i];
+        }
+        R.ns = MAX_SAMPLES / 2;
+        R.sample_every *= 2;
+    }
+    R.ts_t[R.ns] = t;
+    R.ts_pt[R.ns] = pt;
+    R.ts_free[R.ns] = read_meminfo_kb("MemFree") * 1024;
+    R.ts_oom[R.ns] = read_vmstat("oom_kill");
+    R.ns++;
+    R.next_sample = t + R.sample_every;
+}
+
+/* ---- the document -------------------------------------------------------------------- */
+
+static const char *outcome_name(enum outcome o)
+{
+    static const char *names[] = { "completed", "oom", "unsupported", "error" };
+    return names[o];
+}
+
+static uint64_t working_set(void)
+{
+    uint64_t ws = (uint64_t)(C->populate * (double)C->size);
+    ws = (ws + 4095) & ~4095ull;
+    return ws > C->size ? C->size & ~4095ull : ws;
+}
+
+static void render(struct jbuf *b, int final)
+{
+    uint64_t ws = working_set();
+    int64_t theory = (int64_t)(ws / 4096) * 8 * R.attached;
+    uint64_t psize = R.mech ? R.mech->page_size : 4096;
+    int64_t private_at_ps = (int64_t)((ws + psize - 1) / psize) * 8 * R.attached;
+    int have_pt = R.pt_before >= 0 && R.pt_after >= 0;
+    int64_t delta = have_pt ? R.pt_after - R.pt_before : 0;
+    int64_t region = delta - R.fixed_pte > 0 ? delta - R.fixed_pte : 0;
+    int have_detach = R.pt_parked >= 0 && R.pt_detached >= 0;
+    int64_t detach = have_detach ? R.pt_parked - R.pt_detached : 0;
+    if (detach < 0)
+        detach = 0;
+    int verified = -1;
+    if (have_pt && R.attached >= 2 && theory > 0) {
+        int64_t best = have_detach && detach < region ? detach : region;
+        verified = (double)best < 0.25 * (double)private_at_ps;
+    }
+
+    jb_obj_begin(b);
+    jb_str(b, "schema", "mshare-lab/result");
+    jb_int(b, "version", 1);
+    jb_str(b, "phase", R.phase);
+    jb_str(b, "outcome", final ? outcome_name(R.outcome) : NULL);
+    jb_str(b, "reason", R.reason[0] ? R.reason : NULL);
+    jb_str(b, "mechanism", C->mechanism);
+    jb_int(b, "mechanism_page_size", (int64_t)psize);
+    jb_str(b, "kernel_release", R.kernel_release);
+    jb_int(b, "started_at", R.started_at);
+    jb_num(b, "wall_s", since_start());
+    jb_int(b, "region_bytes", (int64_t)C->size);
+    jb_int(b, "mapped_bytes", (int64_t)C->map_size);
+    jb_int(b, "working_set_bytes", (int64_t)ws);
+    jb_num(b, "populate", C->populate);
+    jb_num(b, "write_share", C->write_share);
+    jb_num(b, "duration_s", C->duration);
+    jb_int(b, "clients_requested", C->clients);
+    jb_int(b, "clients_started", R.forked);
+    jb_int(b, "clients_attached", R.attached);
+    jb_int(b, "clients_failed", R.failed);
+    jb_str(b, "populate_method", R.attached ? (R.populate_madvise ? "MADV_POPULATE_WRITE" : "touch") : NULL);
+
+    jb_key(b, "pagetables");
+    jb_obj_begin(b);
+    jb_int(b, "before_bytes", R.pt_before);
+    jb_int(b, "after_bytes", R.pt_after);
+    jb_int(b, "peak_bytes", R.pt_peak);
+    jb_int(b, "parked_bytes", R.pt_parked);
+    jb_int(b, "detached_bytes", R.pt_detached);
+    jb_obj_end(b);
+    if (have_pt) {
+        jb_int(b, "pagetables_delta_bytes", delta);
+        jb_int(b, "region_pagetable_bytes", region);
+    } else {
+        jb_null(b, "pagetables_delta_bytes");
+        jb_null(b, "region_pagetable_bytes");
+    }
+    if (have_detach)
+        jb_int(b, "region_pagetable_bytes_detach", detach);
+    else
+        jb_null(b, "region_pagetable_bytes_detach");
+    jb_int(b, "client_fixed_pte_bytes", R.fixed_pte);
+    jb_int(b, "theory_pte_bytes", theory);
+    jb_int(b, "private_pte_bytes_at_page_size", private_at_ps);
+    jb_num(b, "pte_ratio", have_pt && theory ? (double)region / (double)theory : NAN);
+    jb_num(b, "pte_ratio_raw", have_pt && theory ? (double)delta / (double)theory : NAN);
+    jb_bool(b, "sharing_verified", verified);
+    jb_key(b, "vmpte_bytes");
+    jb_obj_begin(b);
+    jb_int(b, "min", R.vm_min);
+    jb_int(b, "median", R.vm_med);
+    jb_int(b, "max", R.vm_max);
+    jb_int(b, "sum", R.vm_sum);
+    jb_obj_end(b);
+
+    jb_num(b, "attach_populate_s", R.attach_populate_s);
+    jb_int(b, "transactions", (int64_t)R.transactions);
+    jb_int(b, "transactions_written", (int64_t)R.writes);
+    jb_num(b, "throughput_tps", R.tx_seconds > 0 ? (double)R.transactions / R.tx_seconds : NAN);
+    jb_key(b, "latency_us");
+    jb_obj_begin(b);
+    jb_num(b, "p50", R.p50);
+    jb_num(b, "p90", R.p90);
+    jb_num(b, "p99", R.p99);
+    jb_obj_end(b);
+    jb_num(b, "protect_change_us", R.protect_us);
+    jb_str(b, "protect_mode", R.mech ? (R.mech->owner_protects ? "owner" : "per-client") : NULL);
+    jb_int(b, "protect_acked", R.protect_acked);
+
+    jb_key(b, "oom_kills");
+    jb_obj_begin(b);
+    jb_int(b, "clients_killed", R.killed);
+    jb_int(b, "vmstat_oom_kill_delta", R.oom_vmstat_delta);
+    if (R.cg_version)
+        jb_int(b, "cgroup_oom_kill", R.cg_oom_kill);
+    else
+        jb_null(b, "cgroup_oom_kill");
+    jb_obj_end(b);
+    jb_key(b, "memory_cgroup");
+    if (R.cg_version) {
+        jb_obj_begin(b);
+        jb_str(b, "version", R.cg_version);
+        jb_str(b, "path", R.cg_dir);
+        jb_int(b, "limit_bytes", (int64_t)C->memory_limit);
+        jb_obj_end(b);
+    } else {
+        jb_raw(b, "null");
+        b->need_comma = 1;
+    }
+    jb_key(b, "limits_raised");
+    jb_arr_begin(b);
+    for (int i = 0; i < R.nrestore; i++) {
+        jb_key(b, NULL);
+        jb_obj_begin(b);
+        jb_str(b, "path", R.restore[i].path);
+        jb_str(b, "from", R.restore[i].old);
+        jb_str(b, "to", R.restore[i].now);
+        jb_obj_end(b);
+    }
+    jb_arr_end(b);
+    jb_key(b, "resources");
+    jb_obj_begin(b);
+    jb_str(b, "region_path", C->path[0] ? C->path : NULL);
+    if (strcmp(C->mechanism, "sysv") == 0 || strcmp(C->mechanism, "hugetlb") == 0)
+        jb_int(b, "sysv_key", C->sysv_key);
+    else
+        jb_null(b, "sysv_key");
+    jb_str(b, "cgroup", R.cg_version ? R.cg_dir : NULL);
+    jb_int(b, "coordinator_pid", getpid());
+    jb_obj_end(b);
+    jb_key(b, "errors");
+    jb_arr_begin(b);
+    for (int i = 0; i < R.nerrors; i++)
+        jb_elem_str(b, R.errors[i]);
+    jb_arr_end(b);
+    if (final) {
+        jb_key(b, "timeseries");
+        jb_obj_begin(b);
+        jb_num(b, "interval_s", R.sample_every);
+        jb_key(b, "t_s");
+        jb_arr_begin(b);
+        for (int i = 0; i < R.ns; i++)
+            jb_elem_num(b, R.ts_t[i]);
+        jb_arr_end(b);
+        jb_key(b, "pagetables_bytes");
+        jb_arr_begin(b);
+        for (int i = 0; i < R.ns; i++)
+            jb_elem_int(b, R.ts_pt[i]);
+        jb_arr_end(b);
+        jb_key(b, "memfree_bytes");
+        jb_arr_begin(b);
+        for (int i = 0; i < R.ns; i++)
+            jb_elem_int(b, R.ts_free[i]);
+        jb_arr_end(b);
+        jb_key(b, "oom_kill");
+        jb_arr_begin(b);
+        for (int i = 0; i < R.ns; i++)
+            jb_elem_int(b, R.ts_oom[i]);
+        jb_arr_end(b);
+        jb_obj_end(b);
+    }
+    jb_obj_end(b);
+}
+
+static void progress(const char *phase)
+{
+    R.phase = phase;
+    struct jbuf b = { 0 };
+    render(&b, 0);
+    fprintf(stderr, "MSHARE-LAB-PROGRESS %s\n", b.s);
+    fflush(stderr);
+    jb_free(&b);
+}
+
+static int write_document(void)
+{
+    struct jbuf b = { 0 };
+    render(&b, 1);
+    jb_raw(&b, "\n");
+    int rc = 0;
+    if (C->json_path) {
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", C->json_path);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fwrite(b.s, 1, b.len, f) != b.len || fclose(f) != 0 || rename(tmp, C->json_path) < 0) {
+            fprintf(stderr, "mshare-sga: cannot write %s: %s\n", C->json_path, strerror(errno));
+            rc = -1;
+        }
+    } else {
+        fwrite(b.s, 1, b.len, stdout);
+        fflush(stdout);
+    }
+    jb_free(&b);
+    return rc;
+}
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+static int64_t read_sysctl(const char *path)
+{
+    char buf[64];
+    return read_file_str(path, buf, sizeof buf) > 0 ? strtoll(buf, NULL, 10) : -1;
+}
+
+/* raise a sysctl for this run and remember how to put it back */
+static int raise_sysctl(const char *path, int64_t value)
+{
+    if (R.nrestore >= MAX_RESTORE)
+        return -1;
+    char old[64], now[64];
+    if (read_file_str(path, old, sizeof old) <= 0)
+        return -1;
+    old[strcspn(old, "\n")] = 0;
+    snprintf(now, sizeof now, "%lld", (long long)value);
+    if (write_file_str(path, now) < 0)
+        return -1;
+    snprintf(R.restore[R.nrestore].path, sizeof R.restore[0].path, "%s", path);
+    snprintf(R.restore[R.nrestore].old, sizeof R.restore[0].old, "%s", old);
+    snprintf(R.restore[R.nrestore].now, sizeof R.restore[0].now, "%s", now);
+    R.nrestore++;
+    return 0;
+}
+
+static void restore_sysctls(void)
+{
+    for (int i = R.nrestore - 1; i >= 0; i--)
+        write_file_str(R.restore[i].path, R.restore[i].old);
+}
+
+static int refuse(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int refuse(char *msg, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, len, fmt, ap);
+    va_end(ap);
+    return 3;
+}
+
+static int check_limits(char *msg, size_t len)
+{
+    int root = geteuid() == 0;
+    int64_t need = C->clients + 64;
+
+    struct rlimit rl;
+    if (!root && getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && rl.rlim_cur < (rlim_t)need) {
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < (rlim_t)need)
+            return refuse(msg, len, "RLIMIT_NPROC hard limit %llu is below the %lld processes this run "
+                          "needs; raise it (ulimit -Hu, limits.conf) or run as root",
+                          (unsigned long long)rl.rlim_max, (long long)need);
+        rl.rlim_cur = (rlim_t)need;
+        setrlimit(RLIMIT_NPROC, &rl);
+    }
+
+    char loadavg[128];
+    int64_t threads = 0;
+    if (read_file_str("/proc/loadavg", loadavg, sizeof loadavg) > 0) {
+        char *slash = strchr(loadavg, '/');
+        threads = slash ? strtoll(slash + 1, NULL, 10) : 0;
+    }
+    int64_t pid_max = read_sysctl("/proc/sys/kernel/pid_max");
+    if (pid_max > 0 && threads + need > pid_max) {
+        int64_t want = (threads + need) * 2;
+        if (!root || raise_sysctl("/proc/sys/kernel/pid_max", want) < 0)
+            return refuse(msg, len, "kernel.pid_max %lld is too small for %lld more processes "
+                          "(%lld running); raise it: sysctl kernel.pid_max=%lld",
+                          (long long)pid_max, (long long)need, (long long)threads, (long long)want);
+    }
+    int64_t threads_max = read_sysctl("/proc/sys/kernel/threads-max");
+    if (threads_max > 0 && threads + need > threads_max) {
+        int64_t want = (threads + need) * 2;
+        if (!root || raise_sysctl("/proc/sys/kernel/threads-max", want) < 0)
+            return refuse(msg, len, "kernel.threads-max %lld is too small for %lld more processes; "
+                          "raise it: sysctl kernel.threads-max=%lld",
+                          (long long)threads_max, (long long)need, (long long)want);
+    }
+
+    int sysv = strcmp(C->mechanism, "sysv") == 0 || strcmp(C->mechanism, "hugetlb") == 0;
+    if (sysv) {
+        int64_t shmmax = read_sysctl("/proc/sys/kernel/shmmax");
+        if (shmmax >= 0 && (uint64_t)shmmax < C->map_size
+            && (!root || raise_sysctl("/proc/sys/kernel/shmmax", (int64_t)C->map_size) < 0))
+            return refuse(msg, len, "kernel.shmmax %lld is below the region size %llu; raise it: "
+                          "sysctl kernel.shmmax=%llu", (long long)shmmax,
+                          (unsigned long long)C->map_size, (unsigned long long)C->map_size);
+        int64_t shmall = read_sysctl("/proc/sys/kernel/shmall");
+        int64_t pages = (int64_t)(C->map_size / 4096);
+        if (shmall >= 0 && shmall < pages
+            && (!root || raise_sysctl("/proc/sys/kernel/shmall", pages * 2) < 0))
+            return refuse(msg, len, "kernel.shmall %lld pages is below the region's %lld pages; raise "
+                          "it: sysctl kernel.shmall=%lld", (long long)shmall, (long long)pages,
+                          (long long)pages * 2);
+    }
+
+    if (strcmp(C->mechanism, "hugetlb") == 0) {
+        int64_t need_pages = (int64_t)(C->map_size / PMD_SIZE_);
+        int64_t total = read_meminfo_kb("HugePages_Total");
+        int64_t avail = read_meminfo_kb("HugePages_Free") - read_meminfo_kb("HugePages_Rsvd");
+        if (avail < need_pages) {
+            const char *path = "/proc/sys/vm/nr_hugepages";
+            if (!root || raise_sysctl(path, total + need_pages - avail) < 0)
+                return refuse(msg, len, "only %lld free 2 MiB huge pages, the region needs %lld; "
+                              "raise vm.nr_hugepages (sysctl vm.nr_hugepages=%lld) or run as root",
+                              (long long)avail, (long long)need_pages,
+                              (long long)(total + need_pages - avail));
+            avail = read_meminfo_kb("HugePages_Free") - read_meminfo_kb("HugePages_Rsvd");
+            if (avail < need_pages)
+                return refuse(msg, len, "vm.nr_hugepages raised but only %lld of the %lld 2 MiB huge "
+                              "pages the region needs could be allocated (memory too small or "
+                              "fragmented); use a smaller --sga or reserve huge pages at boot",
+                              (long long)avail, (long long)need_pages);
+        }
+    }
+    return 0;
+}
+
+/* ---- memory cgroup for OOM reproduction ------------------------------------------------ */
+
+/* the mount point of a cgroup hierarchy: v2 ("cgroup2") or the v1 one carrying "memory" */
+static int find_mount(int v2, char *out, size_t len)
+{
+    FILE *f = fopen("/proc/mounts", "r");
+    if (!f)
+        return -1;
+    char dev[256], dir[512], type[64], opts[512];
+    int found = -1;
+    while (fscanf(f, "%255s %511s %63s %511s %*d %*d", dev, dir, type, opts) == 4) {
+        if (v2 && strcmp(type, "cgroup2") == 0) {
+            snprintf(out, len, "%s", dir);
+            found = 0;
+            break;
+        }
+        if (!v2 && strcmp(type, "cgroup") == 0) {
+            for (char *tok = strtok(opts, ","); tok; tok = strtok(NULL, ","))
+                if (strcmp(tok, "memory") == 0) {
+                    snprintf(out, len, "%s", dir);
+                    found = 0;
+                }
+            if (!found)
+                break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* our own cgroup path in a hierarchy: "0::/x" for v2, "N:...memory...:/x" for v1 */
+static int own_cgroup(int v2, char *out, size_t len)
+{
+    char buf[4096];
+    if (read_file_str("/proc/self/cgroup", buf, sizeof buf) < 0)
+        return -1;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = 0;
+        const char *ctrls = c1 + 1;
+        int match = v2 ? (strncmp(line, "0", 1) == 0 && ctrls[0] == 0)
+                       : (strstr(ctrls, "memory") != NULL);
+        if (match) {
+            snprintf(out, len, "%s", strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int setup_cgroup(char *msg, size_t len)
+{
+    char mnt[512], own[1024], path[1536], buf[512], limit[32];
+    snprintf(limit, sizeof limit, "%llu", (unsigned long long)C->memory_limit);
+    /* v2 when a unified mount offers the memory controller to our cgroup */
+    if (find_mount(1, mnt, sizeof mnt) == 0 && own_cgroup(1, own, sizeof own) == 0) {
+        snprintf(path, sizeof path, "%s%s/cgroup.controllers", mnt, own);
+        if (read_file_str(path, buf, sizeof buf) > 0 && strstr(buf, "memory")) {
+            snprintf(path, sizeof path, "%s%s/cgroup.subtree_control", mnt, own);
+            write_file_str(path, "+memory");
+            snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
+            if (mkdir(R.cg_dir, 0755) < 0)
+                return refuse(msg, len, "memory cgroup: mkdir %s: %s", R.cg_dir, strerror(errno));
+            R.cg_version = "v2";
+            snprintf(path, sizeof path, "%s/memory.max", R.cg_dir);
+            if (write_file_str(path, limit) < 0)
+                return refuse(msg, len, "memory cgroup: cannot set %s (is +memory in the parent's "
+                              "cgroup.subtree_control?): %s", path, strerror(errno));
+            snprintf(path, sizeof path, "%s/memory.swap.max", R.cg_dir);
+            write_file_str(path, "0");
+            snprintf(R.cg_procs, sizeof R.cg_procs, "%s/cgroup.procs", R.cg_dir);
+            return 0;
+        }
+    }
+    if (find_mount(0, mnt, sizeof mnt) == 0 && own_cgroup(0, own, sizeof own) == 0) {
+        snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
+        if (mkdir(R.cg_dir, 0755) < 0)
+            return refuse(msg, len, "memory cgroup: mkdir %s: %s (run as root)", R.cg_dir, strerror(errno));
+        R.cg_version = "v1";
+        snprintf(path, sizeof path, "%s/memory.limit_in_bytes", R.cg_dir);
+        if (write_file_str(path, limit) < 0)
+            return refuse(msg, len, "memory cgroup: cannot set %s: %s", path, strerror(errno));
+        snprintf(R.cg_procs, sizeof R.cg_procs, "%s/cgroup.procs", R.cg_dir);
+        return 0;
+    }
+    return refuse(msg, len, "--memory-limit needs a memory cgroup controller (v2 memory.max or v1 "
+                  "memory.limit_in_bytes) and none is available to this process");
+}
+
+static int64_t cgroup_oom_kills(void)
+{
+    char path[600], buf[1024];
+    snprintf(path, sizeof path, "%s/%s", R.cg_dir,
+             strcmp(R.cg_version, "v2") == 0 ? "memory.events" : "memory.oom_control");
+    if (read_file_str(path, buf, sizeof buf) < 0)
+        return -1;
+    char *p = strstr(buf, "oom_kill ");
+    return p ? strtoll(p + 9, NULL, 10) : 0;
+}
+
+static void remove_cgroup(void)
+{
+    if (!R.cg_version)
+        return;
+    R.cg_oom_kill = cgroup_oom_kills();
+    for (int i = 0; i < 50; i++) {
+        if (rmdir(R.cg_dir) == 0 || errno == ENOENT)
+            return;
+        usleep(20000);
+    }
+    add_error("could not remove memory cgroup %s: %s", R.cg_dir, strerror(errno));
+}
+
+/* ---- children --------------------------------------------------------------------------- */
+
+static int client_index(pid_t pid)
+{
+    for (int i = 0; i < R.forked; i++)
+        if (CTL->slots[i].pid == pid)
+            return i;
+    return -1;
+}
+
+static void reap(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == owner_pid) {
+            owner_pid = -1;
+            if (!teardown && !interrupted)
+                add_error("the owner process died (%s %d)", WIFSIGNALED(status) ? "signal" : "exit",
+                          WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            continue;
+        }
+        int idx = client_index(pid);
+        if (idx < 0 || reaped[idx])
+            continue;
+        reaped[idx] = 1;
+        R.reaped_count++;
+        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !teardown)
+            R.killed++;
+        else if (WIFSIGNALED(status) && !teardown)
+            add_error("client %d died of signal %d", idx, WTERMSIG(status));
+    }
+}
+
+/* Wait until done() holds, sampling as we go; 0 on success, -1 timeout or interrupt. */
+static int wait_for(int (*done)(void), double timeout_s)
+{
+    int64_t deadline = now_ns() + (int64_t)(timeout_s * 1e9);
+    double next_progress = since_start() + 1.0;
+    while (!done()) {
+        if (interrupted || now_ns() > deadline)
+            return -1;
+        reap();
+        sample_now();
+        if (since_start() > next_progress) {
+            progress(R.phase);
+            next_progress = since_start() + 1.0;
+        }
+        usleep(2000);
+    }
+    reap();
+    return 0;
+}
+
+static int alive_in_state_at_least(int state)
+{
+    int n = 0;
+    for (int i = 0; i < R.forked; i++)
+        if (!reaped[i] && atomic_load(&CTL->slots[i].state) >= state
+            && atomic_load(&CTL->slots[i].state) != S_FAILED)
+            n++;
+    return n;
+}
+
+static int alive(void)
+{
+    int n = 0;
+    for (int i = 0; i < R.forked; i++)
+        if (!reaped[i] && atomic_load(&CTL->slots[i].state) != S_FAILED)
+            n++;
+    return n;
+}
+
+static int all_populated(void) { return alive_in_state_at_least(S_POPULATED) == alive(); }
+static int all_parked(void) { return alive_in_state_at_least(S_PARKED) == alive(); }
+static int all_detached(void) { return alive_in_state_at_least(S_DETACHED) == alive(); }
+static int owner_settled(void) { return atomic_load(&CTL->owner_state) != 0 || owner_pid < 0; }
+static int never(void) { return 0; }
+
+static int all_acked(void)
+{
+    int n = 0, running = 0;
+    for (int i = 0; i < R.forked; i++) {
+        if (reaped[i] || atomic_load(&CTL->slots[i].state) != S_RUNNING)
+            continue;
+        running++;
+        if (atomic_load(&CTL->slots[i].ack_ns))
+            n++;
+    }
+    return n == running;
+}
+
+static void set_phase(int phase)
+{
+    atomic_store(&CTL->phase, phase);
+    futex_wake_all(&CTL->phase);
+}
+
+static void kill_everything(void)
+{
+    teardown = 1;
+    for (int i = 0; i < R.forked; i++)
+        if (!reaped[i] && CTL->slots[i].pid > 0)
+            kill(CTL->slots[i].pid, SIGKILL);
+    if (owner_pid > 0)
+        kill(owner_pid, SIGKILL);
+    /* children that have not yet stored their pid are reaped by waiting for any child */
+    int status;
+    while (waitpid(-1, &status, 0) > 0 || errno == EINTR)
+        ;
+    owner_pid = -1;
+}
+
+/* ---- aggregation ------------------------------------------------------------------------ */
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void aggregate_attach(void)
+{
+    int64_t *vm = calloc((size_t)R.forked + 1, sizeof *vm);
+    int n = 0;
+    int64_t last = 0;
+    R.fixed_pte = 0;
+    R.vm_sum = 0;
+    R.populate_madvise = 1;
+    R.failed = 0;
+    for (int i = 0; i < R.forked; i++) {
+        struct slot *s = &CTL->slots[i];
+        int st = atomic_load(&s->state);
+        if (st == S_FAILED) {
+            R.failed++;
+            add_error("client %d: %s", i, s->err);
+            continue;
+        }
+        if (st < S_POPULATED || reaped[i])
+            continue;
+        vm[n++] = s->vmpte_after;
+        R.vm_sum += s->vmpte_after;
+        R.fixed_pte += s->vmpte_before;
+        if (!s->populate_method)
+            R.populate_madvise = 0;
+        if (s->populated_ns > last)
+            last = s->populated_ns;
+    }
+    R.attached = n;
+    if (n) {
+        qsort(vm, (size_t)n, sizeof *vm, cmp_i64);
+        R.vm_min = vm[0];
+        R.vm_max = vm[n - 1];
+        R.vm_med = vm[n / 2];
+        R.attach_populate_s = (double)(last - R.fork_ns) / 1e9;
+    }
+    free(vm);
+}
+
+static void aggregate_transactions(void)
+{
+    static uint64_t hist[HIST_BUCKETS];
+    memset(hist, 0, sizeof hist);
+    R.transactions = R.writes = 0;
+    for (int i = 0; i < R.forked; i++) {
+        struct slot *s = &CTL->slots[i];
+        R.transactions += atomic_load(&s->tx);
+        R.writes += atomic_load(&s->tx_writes);
+        for (int k = 0; k < HIST_BUCKETS; k++)
+            hist[k] += s->hist[k];
+    }
+    R.p50 = hist_quantile_us(hist, 0.50);
+    R.p90 = hist_quantile_us(hist, 0.90);
+    R.p99 = hist_quantile_us(hist, 0.99);
+}
+
+/* ---- the run ------------------------------------------------------------------------------ */
+
+static void init_run(struct config *cfg)
+{
+    memset(&R, 0, sizeof R);
+    C = cfg;
+    R.phase = "start";
+    R.t0_ns = now_ns();
+    R.started_at = (int64_t)time(NULL);
+    R.pt_before = R.pt_after = R.pt_parked = R.pt_detached = -1;
+    R.pt_peak = read_meminfo_kb("PageTables") * 1024;
+    R.vm_min = R.vm_med = R.vm_max = -1;
+    R.p50 = R.p90 = R.p99 = R.protect_us = R.attach_populate_s = NAN;
+    R.sample_every = cfg->sample_interval;
+    R.oom_vmstat_before = read_vmstat("oom_kill");
+    struct utsname u;
+    if (uname(&u) == 0)
+        snprintf(R.kernel_release, sizeof R.kernel_release, "%s", u.release);
+    R.mech = mechanism_get(cfg->mechanism);
+}
+
+/* region geometry and fixed address per mechanism (msharefs ones set it in their probe) */
+static void place_region(struct config *cfg)
+{
+    const struct mechanism *m = R.mech;
+    uint64_t unit = m->page_size > 4096 ? m->page_size : 4096;
+    cfg->map_size = (cfg->size + unit - 1) / unit * unit;
+    if (cfg->map_size < HEADER_BYTES)
+        cfg->map_size = HEADER_BYTES;
+    if (strcmp(m->name, "hugetlb") == 0 || strcmp(m->name, "ptshare") == 0)
+        cfg->base = FIXED_BASE;   /* same address everywhere, 1 GiB aligned */
+    int key = 0x4d530000 | (getpid() & 0xffff);
+    while (shmget(key, 0, 0) >= 0)
+        key++;
+    cfg->sysv_key = key;
+}
+
+static void finish_outcome(void)
+{
+    int64_t oom_now = read_vmstat("oom_kill");
+    R.oom_vmstat_delta = oom_now >= 0 && R.oom_vmstat_before >= 0 ? oom_now - R.oom_vmstat_before : 0;
+    if (R.outcome == OUT_UNSUPPORTED || R.outcome == OUT_ERROR)
+        return;
+    if (R.killed > 0 || (R.cg_version && R.cg_oom_kill > 0)) {
+        R.outcome = OUT_OOM;
+        snprintf(R.reason, sizeof R.reason, "%d client(s) killed (OOM killer: %lld in the memory "
+                 "cgroup, %lld system-wide)", R.killed, (long long)R.cg_oom_kill,
+                 (long long)R.oom_vmstat_delta);
+    } else if (R.attached < C->clients) {
+        R.outcome = OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "only %d of %d clients attached%s%s", R.attached,
+                 C->clients, R.nerrors ? ": " : "", R.nerrors ? R.errors[0] : "");
+    } else {
+        R.outcome = OUT_COMPLETED;
+    }
+}
+
+static int cleanup_and_report(int exit_code)
+{
+    kill_everything();
+    if (R.mech)
+        R.mech->destroy(C);
+    remove_cgroup();
+    restore_sysctls();
+    release_private_mounts(C);
+    if (CTL)
+        munmap(CTL, ctl_bytes);
+    CTL = NULL;
+    if (exit_code == 3)
+        return 3;
+    finish_outcome();
+    R.phase = "done";
+    sample_now();
+    progress("done");
+    if (write_document() < 0)
+        return 1;
+    return exit_code;
+}
+
+int coordinator_run(struct config *cfg)
+{
+    init_run(cfg);
+    struct sigaction sa = { .sa_handler = on_interrupt };
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGUSR1, SIG_IGN);
+    /* what the coordinator measured must survive the OOM it provokes */
+    write_file_str("/proc/self/oom_score_adj", "-1000");
+    /* thousands of busy clients on few CPUs must not starve the one who measures */
+    setpriority(PRIO_PROCESS, 0, -10);
+
+    char msg[600] = "";
+    place_region(cfg);
+    if (prepare_private_mounts(cfg, msg, sizeof msg) < 0) {
+        R.outcome = OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "%s", msg);
+        return cleanup_and_report(0);
+    }
+    progress("probe");
+    if (R.mech->probe(cfg, R.reason, sizeof R.reason) != 0) {
+        R.outcome = OUT_UNSUPPORTED;
+        return cleanup_and_report(0);
+    }
+    R.reason[0] = 0;
+    int rc = check_limits(msg, sizeof msg);
+    if (rc == 0 && cfg->memory_limit)
+        rc = setup_cgroup(msg, sizeof msg);
+    if (rc) {
+        fprintf(stderr, "mshare-sga: limit: %s\n", msg);
+        return cleanup_and_report(3);
+    }
+
+    ctl_bytes = sizeof(struct control) + sizeof(struct slot) * (size_t)cfg->clients;
+    CTL = mmap(NULL, ctl_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    reaped = calloc((size_t)cfg->clients, sizeof *reaped);
+    if (CTL == MAP_FAILED || !reaped) {
+        CTL = NULL;
+        R.outcome = OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "cannot allocate the control area for %d clients", cfg->clients);
+        return cleanup_and_report(0);
+    }
+    progress("resources");
+
+    /* the owner creates the region; this process never maps it */
+    fflush(NULL);
+    owner_pid = fork();
+    if (owner_pid == 0)
+        owner_main(cfg, CTL);
+    if (owner_pid < 0 || wait_for(owner_settled, 300) < 0 || atomic_load(&CTL->owner_state) != 1) {
+        int patched = R.mech->needs_patch;
+        R.outcome = interrupted ? OUT_ERROR : patched ? OUT_UNSUPPORTED : OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "%s%s", interrupted ? "interrupted" :
+                 patched ? "the kernel offers the interface but creating the region failed: "
+                         : "creating the region failed: ",
+                 interrupted ? "" : CTL->owner_err[0] ? CTL->owner_err : "owner did not start");
+        return cleanup_and_report(interrupted ? 128 + interrupted : 0);
+    }
+
+    /* clients: forked without the region, each attaches by itself */
+    R.pt_before = read_meminfo_kb("PageTables") * 1024;
+    R.fork_ns = now_ns();
+    progress("attach");
+    for (int i = 0; i < cfg->clients && !interrupted; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            setpgid(0, clients_pgid);   /* also in the parent: whichever runs first */
+            client_main(cfg, CTL, i, R.cg_version ? R.cg_procs : NULL);
+        }
+        if (pid > 0 && setpgid(pid, clients_pgid ? clients_pgid : pid) == 0 && !clients_pgid)
+            clients_pgid = pid;
+        if (pid < 0) {
+            add_error("fork of client %d failed: %s", i, strerror(errno));
+            break;
+        }
+        CTL->slots[i].pid = pid;   /* the child stores it too; whoever is first */
+        R.forked++;
+        if ((i & 63) == 63) {
+            reap();
+            sample_now();
+        }
+    }
+    if (wait_for(all_populated, cfg->attach_timeout) < 0) {
+        if (!interrupted) {
+            add_error("not every client populated within %.0f s", cfg->attach_timeout);
+            R.outcome = OUT_ERROR;
+            snprintf(R.reason, sizeof R.reason, "attach/populate timed out after %.0f s", cfg->attach_timeout);
+        }
+    }
+    aggregate_attach();
+    if (interrupted) {
+        R.outcome = OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "interrupted by signal %d", (int)interrupted);
+        return cleanup_and_report(128 + interrupted);
+    }
+    /* the barrier: everyone populated and waiting, nothing else of ours moving */
+    R.pt_after = read_meminfo_kb("PageTables") * 1024;
+    if (R.pt_after > R.pt_peak)
+        R.pt_peak = R.pt_after;
+    progress("barrier");
+
+    if (R.outcome != OUT_ERROR && R.attached > 0) {
+        set_phase(PH_GO);
+        int64_t go = now_ns();
+        progress("transactions");
+        wait_for(never, cfg->duration);
+
+        /* protection change across all clients, timed until the last one runs with it */
+        int64_t p0 = now_ns();
+        atomic_store(&CTL->protect, 1);
+        if (R.mech->owner_protects) {
+            futex_wake_all(&CTL->phase);
+        } else if (!clients_pgid || kill(-clients_pgid, SIGUSR1) < 0) {
+            for (int i = 0; i < R.forked; i++)
+                if (!reaped[i] && CTL->slots[i].pid > 0)
+                    kill(CTL->slots[i].pid, SIGUSR1);
+        }
+        if (wait_for(all_acked, 60) < 0 && !interrupted)
+            add_error("not every client acknowledged the protection change within 60 s");
+        int64_t last = 0;
+        R.protect_acked = 0;
+        for (int i = 0; i < R.forked; i++) {
+            int64_t a = atomic_load(&CTL->slots[i].ack_ns);
+            if (a) {
+                R.protect_acked++;
+                if (a > last)
+                    last = a;
+            }
+        }
+        if (last)
+            R.protect_us = (double)(last - p0) / 1e3;
+        set_phase(PH_PARK);
+        R.tx_seconds = (double)(now_ns() - go) / 1e9;
+        wait_for(all_parked, 60);
+        aggregate_transactions();
+        progress("parked");
+
+        /* detach while parked: what the region's page tables really cost, in a short window */
+        R.pt_parked = read_meminfo_kb("PageTables") * 1024;
+        set_phase(PH_DETACH);
+        wait_for(all_detached, 60);
+        R.pt_detached = read_meminfo_kb("PageTables") * 1024;
+    }
+    if (interrupted) {
+        R.outcome = OUT_ERROR;
+        snprintf(R.reason, sizeof R.reason, "interrupted by signal %d", (int)interrupted);
+        return cleanup_and_report(128 + interrupted);
+    }
+    set_phase(PH_EXIT);
+    teardown = 1;
+    int status;
+    int64_t deadline = now_ns() + 30 * (int64_t)1000000000;
+    while (R.reaped_count < R.forked && now_ns() < deadline) {
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid > 0) {
+            int idx = client_index(pid);
+            if (idx >= 0 && !reaped[idx]) {
+                reaped[idx] = 1;
+                R.reaped_count++;
+            } else if (pid == owner_pid) {
+                owner_pid = -1;
+            }
+        } else {
+            usleep(2000);
+        }
+    }
+    return cleanup_and_report(0);
+}
+
+/* ---- probe: which mechanisms does the running kernel offer? ------------------------------ */
+
+int probe_command(struct config *cfg)
+{
+    init_run(cfg);
+    char err[300] = "";
+    snprintf(cfg->mechanism, sizeof cfg->mechanism, "thp");   /* get the huge tmpfs if we can */
+    prepare_private_mounts(cfg, err, sizeof err);
+    char huge_dir[256];
+    snprintf(huge_dir, sizeof huge_dir, "%s", cfg->shm_dir);
+    struct jbuf b = { 0 };
+    jb_obj_begin(&b);
+    jb_str(&b, "schema", "mshare-lab/probe");
+    jb_int(&b, "version", 1);
+    jb_str(&b, "kernel_release", R.kernel_release);
+    jb_key(&b, "mechanisms");
+    jb_obj_begin(&b);
+    for (int i = 0; i < NMECHANISMS; i++) {
+        const struct mechanism *m = &MECHANISMS[i];
+        struct config c = *cfg;
+        snprintf(c.mechanism, sizeof c.mechanism, "%s", m->name);
+        c.map_size = c.size = 64 << 20;
+        if (strcmp(m->name, "thp") != 0) {
+            snprintf(c.shm_dir, sizeof c.shm_dir, "%s", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : huge_dir);
+        }
+        char reason[512] = "";
+        int rc = m->probe(&c, reason, sizeof reason);
+        jb_key(&b, m->name);
+        jb_obj_begin(&b);
+        jb_bool(&b, "supported", rc == 0);
+        jb_str(&b, "reason", rc ? reason : NULL);
+        jb_bool(&b, "needs_patched_kernel", m->needs_patch);
+        jb_obj_end(&b);
+    }
+    jb_obj_end(&b);
+    jb_obj_end(&b);
+    jb_raw(&b, "\n");
+    release_private_mounts(cfg);
+    int rc = 0;
+    if (cfg->json_path) {
+        FILE *f = fopen(cfg->json_path, "w");
+        if (!f || fwrite(b.s, 1, b.len, f) != b.len || fclose(f) != 0) {
+            fprintf(stderr, "mshare-sga: cannot write %s: %s\n", cfg->json_path, strerror(errno));
+            rc = 1;
+        }
+    } else {
+        fwrite(b.s, 1, b.len, stdout);
+    }
+    jb_free(&b);
+    return rc;
+}
