@@ -160,6 +160,14 @@ class RunningGuest:
     def serial_text(self) -> str:
         return console.read_text(self.serial_path) if self.serial_path else ""
 
+    def rss_bytes(self) -> int | None:
+        """QEMU's resident memory on the host (guest RAM touched so far + QEMU itself)."""
+        try:
+            rss = self._domain.memoryStats().get("rss")
+        except libvirt.libvirtError:
+            return None
+        return None if rss is None else rss * 1024
+
     def destroy(self) -> None:
         """Stop the guest now (the domain stays defined until the boot block ends)."""
         try:
@@ -280,9 +288,19 @@ class LibvirtDriver:
 
     # --- boot ----------------------------------------------------------------------------
 
+    def own_active_guests(self) -> list[str]:
+        """Names of this driver's (this run's) guests that are running now."""
+        prefix = f"{DOMAIN_PREFIX}{self.run_id}-"
+        return [d.name() for d in self._lab_domains(active_only=True) if d.name().startswith(prefix)]
+
     @contextmanager
-    def boot(self, spec: DomainSpec) -> Iterator[RunningGuest]:
-        """Start ``spec``; on leaving the block the domain and its files are gone."""
+    def boot(self, spec: DomainSpec, *, wait_for_memory: bool = False,
+             cancel: threading.Event | None = None) -> Iterator[RunningGuest]:
+        """Start ``spec``; on leaving the block the domain and its files are gone.
+
+        ``wait_for_memory``: when the RAM is not free now but guests of this run hold
+        it, wait for them to end instead of failing (parallel matrix runs).
+        """
         if spec.metadata is None:
             spec = replace(spec, metadata=owner_metadata(self.run_id))
         for path in (spec.console_path, spec.serial_path):
@@ -290,16 +308,29 @@ class LibvirtDriver:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 console.remove_all(path)   # never read a previous run's output
         try:
-            with self._lock:   # capacity check and start are one step for parallel runs
-                self.check_capacity(spec)
-                with deferred():
-                    domain = self._start(spec)
+            domain = self._start_when_it_fits(spec, wait_for_memory, cancel)
             guest = RunningGuest(self, spec, domain)
             log.debug("started %s (%s, %s RAM)", spec.name, spec.domain_type, format_size(spec.memory))
             yield guest
         finally:
             with deferred():
                 self.teardown(spec.name, spec.metadata.files)
+
+    def _start_when_it_fits(self, spec: DomainSpec, wait: bool,
+                            cancel: threading.Event | None) -> libvirt.virDomain:
+        while True:
+            with self._lock:   # capacity check and start are one step for parallel runs
+                try:
+                    self.check_capacity(spec)
+                except LimitError:
+                    if not (wait and self.own_active_guests()):
+                        raise
+                else:
+                    with deferred():
+                        return self._start(spec)
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt("run cancelled")
+            time.sleep(1.0)
 
     def _start(self, spec: DomainSpec) -> libvirt.virDomain:
         try:
