@@ -1,5 +1,94 @@
-"""CLI commands of the lab area (placeholder until that area lands)."""
+"""CLI of the lab area: ``run`` a matrix in guests, ``doctor`` the host, ``gc`` leftovers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    pass
+    run = subparsers.add_parser("run", help="run every scenario of a matrix file in guests",
+                                description="Run a scenario matrix in libvirt guests, store each run "
+                                            "and check its expectations (exit 1 when one is not met).")
+    run.add_argument("matrix", type=Path, metavar="MATRIX.yaml")
+    run.add_argument("--parallel", type=_positive, default=1, metavar="N",
+                     help="scenarios at a time, within host RAM (default: 1)")
+    run.add_argument("--results", type=Path, default=None, metavar="FILE",
+                     help="results database (default: <lab home>/results.sqlite)")
+    run.add_argument("--uri", default=None, help="libvirt URI (default: qemu:///system as root, "
+                                                  "else qemu:///session)")
+    run.set_defaults(func=cmd_run)
+
+    doctor = subparsers.add_parser("doctor", help="check this host can run lab guests")
+    doctor.add_argument("--uri", default=None, help="libvirt URI to check")
+    doctor.add_argument("--no-probe", dest="probe", action="store_false",
+                        help="skip the KVM probe boot (use the cached verdict only if any)")
+    doctor.add_argument("--reprobe", action="store_true", help="probe KVM again even if a verdict is cached")
+    doctor.set_defaults(func=cmd_doctor)
+
+    gc = subparsers.add_parser("gc", help="remove guests, files and scratch dirs that dead runs left")
+    gc.add_argument("--all", dest="everything", action="store_true",
+                    help="remove every lab guest, also those of runs still going")
+    gc.add_argument("--uri", default=None, help="libvirt URI to sweep")
+    gc.set_defaults(func=cmd_gc)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..guest.signals import terminate_as_interrupt
+    from ..lab.matrix import load
+    from ..lab.runner import run_matrix
+    from ..lab.summary import summary_table, totals
+    from ..results.store import ResultStore
+
+    matrix = load(args.matrix)
+    _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {args.parallel} at a time")
+    with terminate_as_interrupt(), ResultStore(args.results) as store:
+        records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, uri=args.uri)
+        print(summary_table(records))
+        print(totals(records))
+        print(f"results: {store.path}")
+    return 1 if any(r.expectation_failures for r in records) else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ..guest.doctor import run_checks
+    from ..guest.libvirt_driver import default_uri
+
+    checks = run_checks(args.uri or default_uri(), probe=args.probe, reprobe=args.reprobe,
+                        report=lambda c: print(c.line(), flush=True))
+    failed = [c for c in checks if c.required and not c.ok]
+    warned = [c for c in checks if not c.required and not c.ok]
+    if failed:
+        print(f"{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}")
+    else:
+        print(f"ready: every required check passed ({len(warned)} warning(s))")
+    return 1 if failed else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from ..guest.gc import gc
+
+    report = gc(args.uri, everything=args.everything)
+    for name in report.domains:
+        print(f"removed domain {name}")
+    for path in report.files:
+        print(f"removed file {path}")
+    for path in report.scratch_dirs:
+        print(f"removed scratch dir {path}")
+    print(report.summary())
+    return 0

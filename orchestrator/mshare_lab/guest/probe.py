@@ -87,7 +87,7 @@ def _decide(driver: "LibvirtDriver", kernel: Path | None) -> tuple[str, str, boo
     seen, detail = boot_probe(driver, kernel)
     if seen:
         return "kvm", "a KVM probe guest printed kernel messages", True
-    return "qemu", f"a KVM probe guest printed no kernel message within {PROBE_DEADLINE:.0f} s ({detail})", True
+    return "qemu", f"KVM probe guest: {detail}", True
 
 
 def boot_probe(driver: "LibvirtDriver", kernel: Path, *, domain_type: str = "kvm",
@@ -110,12 +110,16 @@ def boot_probe(driver: "LibvirtDriver", kernel: Path, *, domain_type: str = "kvm
             text = console.read_text(console_path)
             if _KERNEL_OUTPUT.search(text):
                 return True, "kernel output"
-            last = text.strip().splitlines()[-1:] or ["nothing on the console"]
-            return False, f"console: {last[0][:80]}"
+            last = text.strip().splitlines()[-1:] or ["nothing"]
+            return False, f"no kernel message within {deadline:.0f} s (console: {last[0][:80]})"
     except InfraError as exc:
-        # QEMU's complaint is the useful part ("failed to set MSR 0x10a"); keep one line of it
-        message = exc.message.replace("\n", " ")
-        return False, f"start failed: {message[:200]}"
+        return False, f"does not start ({_qemu_complaint(exc.message)})"
+
+
+def _qemu_complaint(message: str) -> str:
+    """QEMU's own error ("failed to set MSR 0x10a to 0x69") out of libvirt's long message."""
+    match = re.search(r"qemu-system-\S+: (?:error: )?([^\n]+)", message)
+    return (match.group(1) if match else message.splitlines()[0])[:160]
 
 
 def _default_kernel() -> Path:

@@ -1,0 +1,55 @@
+"""The table ``mshare-lab run`` prints at the end: one row per scenario, what matters most."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .record import RunRecord
+
+COLUMNS = ("scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "expectations")
+
+
+def _cell(value: Any, fmt: str = "{}") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return fmt.format(value)
+
+
+def row(record: RunRecord) -> tuple[str, ...]:
+    failures = record.expectation_failures
+    return (
+        record.scenario_id,
+        record.outcome,
+        _cell(record.metric("pte_ratio"), "{:.3f}"),
+        _cell(record.metric("sharing_verified")),
+        _cell(record.metric("throughput_tps"), "{:.0f}"),
+        _cell(record.metric("protect_change_us"), "{:.1f}"),
+        "met" if not failures else f"FAILED: {'; '.join(failures)}",
+    )
+
+
+def summary_table(records: Iterable[RunRecord]) -> str:
+    rows = [COLUMNS] + [row(r) for r in records]
+    # the last column (the expectation sentences) is left unpadded: it can be long
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for cells in rows:
+        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        lines.append("  ".join(padded + [cells[-1]]))
+    return "\n".join(lines)
+
+
+def totals(records: list[RunRecord]) -> str:
+    if not records:
+        return "no scenario ran"
+    outcomes: dict[str, int] = {}
+    for record in records:
+        outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
+    failed = sum(1 for r in records if r.expectation_failures)
+    overhead = sum(r.overhead_seconds for r in records) / len(records)
+    guest = sum(r.guest_seconds for r in records)
+    return (f"{len(records)} scenario(s): " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+            + f"; {failed} with unmet expectations; guest time {guest:.0f} s, "
+              f"mean overhead {overhead:.1f} s per scenario")
