@@ -49,9 +49,23 @@ def test_oom_kills_from_result_kernel_log_or_outcome(record_factory):
            "[ 12.9] Out of memory: Killed process 312 (mshare-sga)\n")
     assert oom_kills(record_factory(outcome="oom", reason="oom", dmesg=log)) == 2
     assert oom_kills(record_factory(outcome="oom", reason="guest OOM")) == 1
+    assert oom_kills(record_factory(outcome="oom",
+                                    reason="the OOM killer killed 12 processes (mshare-sga x 12)")) == 12
     assert oom_kills(record_factory(pte_ratio=1.0)) == 0
     assert check({"oom_kills_min": 1}, record_factory(pte_ratio=1.0)) == [
         "oom_kills: expected at least 1, measured 0"]
+
+
+def test_oom_kills_from_the_kept_console_log(record_factory, tmp_path):
+    console = tmp_path / "console.log"
+    console.write_text("[ 30.2] oom-kill:constraint=CONSTRAINT_NONE,task=mshare-sga,pid=401,uid=0\n"
+                       "[ 30.2] Out of memory: Killed process 401 (mshare-sga) total-vm:4kB\n"
+                       "[ 31.0] Out of memory: Killed process 402 (mshare-sga) total-vm:4kB\n")
+    record = record_factory(outcome="guest-hang", reason="no report")
+    record.console_log = str(console)
+    assert oom_kills(record) == 2                     # pid 401 reported twice, counted once
+    record.console_log = str(tmp_path / "gone.log")
+    assert oom_kills(record) == 0
 
 
 def test_record_metrics_and_validation(record_factory):

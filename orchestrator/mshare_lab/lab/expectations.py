@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 from ..units import format_size, parse_size
+from .outcome import oom_report
 from .record import RunRecord
 from .scenario import OUTCOMES
 
@@ -33,8 +35,8 @@ KNOWN: tuple[str, ...] = (
     *(f"{m}_{bound}" for m in METRICS for bound in ("max", "min")),
 )
 
-# kernel log lines that each mean one OOM kill (global or memory cgroup)
-_OOM_LINE = re.compile(r"Out of memory: Kill(?:ed)? process|Memory cgroup out of memory: Kill")
+# the runner's OOM reason: "the OOM killer killed 12 processes (mshare-sga x 12)"
+_REASON_KILLS = re.compile(r"OOM killer killed (\d+) process")
 
 
 def validate(key: str, value: Any) -> Any:
@@ -138,18 +140,29 @@ def metric_value(record: RunRecord, name: str) -> float | None:
 def oom_kills(record: RunRecord) -> int:
     """How many processes the OOM killer took in the run.
 
-    The workload counts its killed clients and the vmstat oom_kill delta; when the guest
-    died before writing a result, the runner leaves the kernel log (result ``dmesg`` or
-    the reason) and its OOM lines are counted. An ``oom`` outcome is at least one kill:
-    the runner only says oom on kernel evidence.
+    The workload counts its killed clients and the vmstat oom_kill delta. When the guest
+    died before writing a result, the kernel log is the evidence: the runner's reason
+    ("the OOM killer killed 12 processes ..."), a ``dmesg`` text in the result, and the
+    kept console log, parsed by the runner's own ``outcome.oom_report``. An ``oom``
+    outcome is at least one kill: the runner only says oom on kernel evidence.
     """
     counts = [record.metric("oom_kills.clients_killed"), record.metric("oom_kills.vmstat_oom_kill_delta")]
     found = [int(c) for c in counts if isinstance(c, (int, float)) and not isinstance(c, bool)]
-    for text in (record.metric("dmesg"), record.reason):
-        if isinstance(text, str):
-            found.append(len(_OOM_LINE.findall(text)))
+    if isinstance(record.reason, str):
+        found += [int(n) for n in _REASON_KILLS.findall(record.reason)]
+    logs = [record.metric("dmesg"), record.reason, _console_text(record.console_log)]
+    found.append(oom_report(*(log for log in logs if isinstance(log, str))).kills)
     best = max(found, default=0)
     return max(best, 1) if record.outcome == "oom" else best
+
+
+def _console_text(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return None      # a moved or cleaned run directory: the other evidence still counts
 
 
 def _formatter(metric: str) -> Callable[[float], str]:
