@@ -2,6 +2,7 @@
  * latency histogram.  Readers use plain read(2) so that thousands of clients stay light. */
 #include "sga.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,4 +135,36 @@ double hist_quantile_us(const uint64_t *hist, double q)
             return bucket_mid_ns(i) / 1000.0;
     }
     return __builtin_nan("");
+}
+
+/* Page tables of every process that is not this one or its child, in bytes.  Subtracting
+ * its change from the change of /proc/meminfo PageTables removes what the rest of the
+ * machine (guests booting, compilers starting and exiting) did in the same window:
+ * processes that appear or exit change both sums by the same amount. */
+int64_t others_pte_bytes(void)
+{
+    DIR *proc = opendir("/proc");
+    if (!proc)
+        return -1;
+    pid_t self = getpid();
+    int64_t sum = 0;
+    struct dirent *de;
+    char path[64], buf[4096];
+    while ((de = readdir(proc))) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        pid_t pid = (pid_t)atoi(de->d_name);
+        if (pid == self)
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+        if (read_file_str(path, buf, sizeof buf) <= 0)
+            continue;
+        if (lookup(buf, "PPid") == self)
+            continue;
+        int64_t kb = lookup(buf, "VmPTE");
+        if (kb > 0)
+            sum += kb * 1024;
+    }
+    closedir(proc);
+    return sum;
 }

@@ -161,6 +161,7 @@ static int ptshare_probe(struct config *cfg, char *reason, size_t len)
     }
     struct res { _Atomic int done; _Atomic int go; int64_t growth; int err; } *res =
         mmap(NULL, sizeof *res * PT_PROBES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int64_t others_before = others_pte_bytes();
     int64_t before = read_meminfo_kb("PageTables");
     pid_t pids[PT_PROBES];
     int started = 0;
@@ -189,6 +190,7 @@ static int ptshare_probe(struct config *cfg, char *reason, size_t len)
         while (!atomic_load(&res[i].done))
             usleep(1000);
     int64_t after = read_meminfo_kb("PageTables");
+    int64_t others_after = others_pte_bytes();
     atomic_store(&res[0].go, 1);
     for (int i = 0; i < started; i++)
         waitpid(pids[i], NULL, 0);
@@ -196,7 +198,8 @@ static int ptshare_probe(struct config *cfg, char *reason, size_t len)
     unlink(path);
     int rc = 0;
     int64_t private_each = (int64_t)(PT_PROBE_BYTES / 4096 * 8);
-    int64_t total_growth = (after - before) * 1024, vm_sum = 0;
+    /* minus what the rest of the machine did meanwhile */
+    int64_t total_growth = (after - before) * 1024 - (others_after - others_before), vm_sum = 0;
     for (int i = 0; i < started; i++) {
         if (res[i].err) {
             snprintf(reason, len, "mmap with MAP_SHARED|MAP_SHARED_PT (0x%lx) failed: %s",

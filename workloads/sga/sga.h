@@ -125,6 +125,7 @@ int64_t now_ns(void);
 int64_t read_meminfo_kb(const char *key);
 int64_t read_vmstat(const char *key);
 int64_t read_status_kb(pid_t pid, const char *key);   /* pid 0 = self */
+int64_t others_pte_bytes(void);                       /* VmPTE of processes not ours */
 int filesystem_listed(const char *fs);
 void hist_add(uint32_t *hist, uint64_t ns);
 double hist_quantile_us(const uint64_t *hist, double q);
