@@ -21,7 +21,8 @@ def store(tmp_path):
 def full_record(record_factory):
     record = record_factory(pte_ratio=1.07, region_pagetable_bytes=56_000_000, sharing_verified=False,
                             kernel_release="6.1.0-28-cloud-amd64", latency_us={"p50": 12.5, "p99": 80},
-                            oom_kills={"clients_killed": 0}, errors=[],
+                            oom_kills={"clients_killed": 0}, errors=[], schema="mshare-lab/result",
+                            version=1, started_at=1_800_000_000, resources={"coordinator_pid": 321},
                             timeseries=[{"t_s": 0.0, "clients": 0}, {"t_s": 1.0, "clients": 100}])
     record.kernel_metadata = {"release": "6.1.0-28-cloud-amd64", "mechanisms": {"shmem": {}}}
     record.timeseries = {"t_s": [0.0, 0.5, 1.0], "pagetables_bytes": [4096, 2e6, 5.6e7]}

@@ -18,12 +18,20 @@ from .outcome import oom_report
 from .record import RunRecord
 from .scenario import OUTCOMES
 
-#: numeric fields of the workload result document (dotted = nested), see docs/design.md
+#: numeric fields of the workload result document (dotted = nested), as workloads/sga
+#: writes them (docs/design.md names the ones other areas rely on)
 RESULT_METRICS: tuple[str, ...] = (
-    "region_bytes", "clients_requested", "clients_attached", "pagetables_delta_bytes",
-    "region_pagetable_bytes", "theory_pte_bytes", "pte_ratio", "attach_populate_s",
-    "throughput_tps", "latency_us.p50", "latency_us.p99", "protect_change_us",
-    "oom_kills.clients_killed", "oom_kills.vmstat_oom_kill_delta",
+    "region_bytes", "mapped_bytes", "working_set_bytes", "mechanism_page_size", "wall_s",
+    "clients_requested", "clients_started", "clients_attached", "clients_failed",
+    "pagetables_delta_bytes", "pagetables_delta_raw_bytes", "region_pagetable_bytes",
+    "region_pagetable_bytes_detach", "client_fixed_pte_bytes", "theory_pte_bytes",
+    "private_pte_bytes_at_page_size", "pte_ratio", "pte_ratio_raw",
+    "pagetables.before_bytes", "pagetables.after_bytes", "pagetables.peak_bytes",
+    "pagetables.parked_bytes", "pagetables.detached_bytes",
+    "vmpte_bytes.min", "vmpte_bytes.median", "vmpte_bytes.max", "vmpte_bytes.sum",
+    "attach_populate_s", "transactions", "transactions_written", "throughput_tps",
+    "latency_us.p50", "latency_us.p90", "latency_us.p99", "protect_change_us", "protect_acked",
+    "oom_kills.clients_killed", "oom_kills.vmstat_oom_kill_delta", "oom_kills.cgroup_oom_kill",
 )
 #: numbers the run record itself carries (not the workload's)
 RECORD_METRICS: tuple[str, ...] = ("guest_seconds", "wall_seconds", "overhead_seconds", "attempts")
@@ -53,7 +61,7 @@ def validate(key: str, value: Any) -> Any:
             raise ValueError(f"'{value}' must be true or false")
         return value
     metric = key.rsplit("_", 1)[0]
-    if metric.endswith("_bytes") and isinstance(value, str):
+    if _is_bytes(metric) and isinstance(value, str):
         return parse_size(value)     # pagetables_delta_bytes_max: 64M reads naturally
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"'{value}' is not a number")
@@ -165,8 +173,12 @@ def _console_text(path: str | None) -> str | None:
         return None      # a moved or cleaned run directory: the other evidence still counts
 
 
+def _is_bytes(metric: str) -> bool:
+    return "_bytes" in metric       # region_pagetable_bytes, vmpte_bytes.max, ...
+
+
 def _formatter(metric: str) -> Callable[[float], str]:
-    if metric.endswith("_bytes"):
+    if _is_bytes(metric):
         return lambda v: f"{format_size(v)} ({int(v)} B)"
     return lambda v: f"{v:g}"
 

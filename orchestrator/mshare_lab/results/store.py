@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import secrets
 import sqlite3
 import threading
@@ -301,12 +302,18 @@ def new_run_id(started_at: float) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(started_at)) + "-" + secrets.token_hex(3)
 
 
+#: top-level result fields that are numbers but not measurements (ids, times, the schema)
+NOT_METRICS = ("version", "started_at", "timeseries", "resources", "memory_cgroup", "limits_raised")
+
+
 def flatten_metrics(result: dict[str, Any] | None, prefix: str = "") -> dict[str, float]:
     """Numeric fields of a result document by dotted name; booleans, text and series left out."""
     out: dict[str, float] = {}
     for key, value in (result or {}).items():
         name = f"{prefix}{key}"
-        if not prefix and key == "timeseries":
+        if not prefix and key in NOT_METRICS:
+            continue
+        if isinstance(value, float) and math.isnan(value):
             continue
         if isinstance(value, dict):
             out.update(flatten_metrics(value, name + "."))
