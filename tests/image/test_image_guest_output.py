@@ -84,3 +84,15 @@ def test_binary_garbage_and_empty_file(tmp_path):
 def test_missing_serial_file_is_not_found(tmp_path):
     with pytest.raises(NotFoundError):
         read_guest_output(tmp_path / "never-written")
+
+
+def test_a_stream_split_by_log_rotation_is_stitched(tmp_path):
+    # virtlogd renames a full serial file to .0 (older to .1) and goes on in a new file
+    text = _stream()
+    cut1, cut2 = len(text) // 3, 2 * len(text) // 3
+    serial = tmp_path / "serial.log"
+    (tmp_path / "serial.log.1").write_text(text[:cut1])
+    (tmp_path / "serial.log.0").write_text(text[cut1:cut2])
+    serial.write_text(text[cut2:])
+    out = read_guest_output(serial)
+    assert out.complete and out.result == RESULT and out.broken == []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import frames, paths
+from ..guest import console
 from ..errors import ConfigError, NotFoundError, ToolError
 from . import cache
 from .cpio import newc_gz
@@ -180,12 +181,12 @@ class GuestOutput:
 def read_guest_output(serial_path: Path) -> GuestOutput:
     """Parse a captured ttyS1 file; a cut or corrupted stream gives broken frames, never raises
     (except for a missing file, which means the guest was never started)."""
-    try:
-        raw = Path(serial_path).read_bytes()
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"no guest output at {serial_path}") from exc
+    # virtlogd rotates a big serial file (serial.log.0, .1 ...): stitch the parts, oldest first
+    parts = console.rotated_parts(Path(serial_path))
+    if not parts:
+        raise NotFoundError(f"no guest output at {serial_path}")
     out = GuestOutput()
-    for item in frames.decode(raw.decode(errors="replace").splitlines()):
+    for item in frames.decode(console.read_text(Path(serial_path)).splitlines()):
         if isinstance(item, frames.Frame):
             out.frames[item.name] = item
         else:
