@@ -110,6 +110,9 @@ void client_main(const struct config *cfg, struct control *ctl, int idx, const c
     memset(slot->hist, 0, sizeof slot->hist);
     pretouch_stack();
     slot->vmpte_before = read_status_kb(0, "VmPTE") * 1024;
+    /* wait until every client exists: the coordinator measures their fixed cost here */
+    atomic_store(&slot->state, S_READY);
+    wait_phase_at_least(ctl, PH_ATTACH);
 
     const struct mechanism *mech = mechanism_get(cfg->mechanism);
     int64_t t0 = now_ns();

@@ -69,7 +69,7 @@ struct sga_header {
     struct { _Atomic int lock; char pad[60]; } latch[NLATCHES];
 };
 
-enum slot_state { S_FORKED, S_ATTACHED, S_POPULATED, S_RUNNING, S_PARKED, S_DETACHED, S_FAILED };
+enum slot_state { S_FORKED, S_READY, S_ATTACHED, S_POPULATED, S_RUNNING, S_PARKED, S_DETACHED, S_FAILED };
 
 struct slot {
     _Atomic int state;
@@ -84,7 +84,7 @@ struct slot {
     uint32_t hist[HIST_BUCKETS]; /* transaction latency, log-linear ns buckets */
 };
 
-enum phase { PH_ATTACH, PH_GO, PH_PARK, PH_DETACH, PH_EXIT };
+enum phase { PH_READY, PH_ATTACH, PH_GO, PH_PARK, PH_DETACH, PH_EXIT };
 
 /* Control area: anonymous shared memory created before any fork (not the region). */
 struct control {
