@@ -57,8 +57,11 @@ _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from-snapshot",
     libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "daemon",
 }
-#: shut-off reasons that mean the machinery, not the guest, ended the domain
-INFRA_END_REASONS = frozenset({"failed", "daemon", "unknown", "vanished", "saved", "migrated"})
+#: shut-off reasons that mean the machinery, not the guest, ended the domain. "crashed"
+#: is what libvirt reports when the QEMU process dies (killed, OOM-killed, assertion): the
+#: lab's domains have no pvpanic device, so a guest cannot report a crash that way; a
+#: guest panic reboots (panic=-1) and on_reboot=destroy makes that "destroyed".
+INFRA_END_REASONS = frozenset({"failed", "daemon", "unknown", "vanished", "saved", "migrated", "crashed"})
 
 SCRATCH_OWNER_FILE = "owner.json"
 
@@ -129,7 +132,7 @@ class RunningGuest:
             return True
         if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
             self._mark_ended(_SHUTOFF_REASONS.get(reason, f"reason-{reason}")
-                             if state == libvirt.VIR_DOMAIN_SHUTOFF else "crashed")
+                             if state == libvirt.VIR_DOMAIN_SHUTOFF else "guest-crashed")
             return True
         return False
 

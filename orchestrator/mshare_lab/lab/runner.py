@@ -314,7 +314,8 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     cancel = threading.Event()
     records: dict[int, RunRecord] = {}
     try:
-        _preflight(scenarios, driver, say)
+        # one base image for the whole matrix: every scenario boots the same bits
+        base = _preflight(scenarios, driver, say)
         board.start()
 
         def one(index: int, scenario: Scenario) -> RunRecord:
@@ -322,7 +323,7 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
             workdir = runs_root / f"{index + 1:03d}-{_slug(scenario.scenario_id)}"
             record = run_scenario(scenario, driver=driver, workdir=workdir, cancel=cancel,
                                   progress=lambda line: board.phase(index, scenario.scenario_id, line),
-                                  wait_for_memory=parallel > 1)
+                                  wait_for_memory=parallel > 1, base_initrd=base)
             record.expectation_failures = expectations.check(scenario.expect, record)
             store.add(record, matrix_source=scenario.source)
             board.done(index, scenario.scenario_id, record)
@@ -353,16 +354,16 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     return [records[i] for i in sorted(records)]
 
 
-def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) -> None:
-    """Fail before the first boot on what would fail every scenario: kernels, image, RAM."""
-    micro_needed = False
+def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) -> Path | None:
+    """Fail before the first boot on what would fail every scenario: kernels, image, RAM.
+
+    Returns the micro base image (None when no scenario uses it)."""
     for name in sorted({s.kernel for s in scenarios}):
         resolve_kernel(name, say)
-    for scenario in scenarios:
-        micro_needed |= scenario.guest.image == "micro"
-    if micro_needed:
+    base = None
+    if any(s.guest.image == "micro" for s in scenarios):
         from ..image import micro
-        micro.build(say)
+        base = micro.build(say)
     domain_type = driver.probe_domain_type()
     say(f"guests run as domain type {domain_type}")
     budget = driver.memory_budget()
@@ -372,6 +373,7 @@ def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) 
             raise LimitError(f"{scenario.source or scenario.scenario_id}: the host cannot give this guest "
                              f"its RAM: {budget.describe(scenario.guest.memory)}",
                              hint="lower ram in the matrix or free host memory")
+    return base
 
 
 def _slug(text: str) -> str:
