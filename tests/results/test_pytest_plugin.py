@@ -129,3 +129,53 @@ def test_session_fixtures_share_one_store(lab, tmp_path):
         """))
     lab.runpytest("--mshare-results", str(db)).assert_outcomes(passed=2)
     assert db.exists()
+
+
+REAL = """\
+defaults: {kernels: debian-6.1, duration: 1, ram: 1G, timeout: 420}
+matrix:
+  - mechanisms: shmem
+    sga: 32M
+    clients: 10
+    # 4 KiB shmem cannot share page tables: the ratio is near 1, so the second bound fails
+    expect: {outcome: completed, clients_attached_min: 10, pte_ratio_max: 0.5}
+"""
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_real_scenario_through_the_runner(pytester, tmp_path):
+    """One real guest (TCG, ~30-90 s): the default executor, a met and an unmet expectation."""
+    import contextlib
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    pytester.makefile(".yaml", real=REAL)
+    db = tmp_path / "real.sqlite"
+    result = pytester.runpytest("--mshare-matrix", "real.yaml", "--mshare-results", str(db), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "scenario debian-6.1/shmem/32M/x10/ram1G#1 (run *): outcome completed",
+        "  - pte_ratio: expected at most 0.5, measured *",
+    ])
+    with ResultStore(db) as store:
+        (record,) = store.runs()
+    try:
+        # met: every client attached; unmet: only the ratio, and it is a real measurement
+        assert record.outcome == "completed" and record.metric("clients_attached") == 10
+        assert len(record.expectation_failures) == 1 and record.expectation_failures[0].startswith("pte_ratio")
+        assert 0.5 < record.metric("pte_ratio") < 2.0 and record.guest_seconds > 0
+        console = open(record.console_log, errors="replace").read()
+        assert '"step":"poweroff"' in console         # the guest's own console, kept with the run
+    finally:
+        shutil.rmtree(record.artifacts_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(record.artifacts_dir))     # the session's dir, when now empty
+    # the guest is gone: destroyed and undefined
+    names = set(re.findall(r"boot (mshare-lab-\S+)", result.stdout.str()))
+    assert names
+    for name in names:
+        state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", name], capture_output=True, text=True)
+        assert state.returncode != 0, f"{name} still defined: {state.stdout}"
