@@ -13,7 +13,8 @@ static const char USAGE[] =
     "                      [--write-share F] [--memory-limit BYTES] [--json PATH]\n"
     "                      [--mshare-syscall-nr NR_MSHARE,NR_UNLINK] [--msharefs-ioctl-abi 2024|2025]\n"
     "                      [--ptshare-flag HEX] [--attach-timeout S] [--sample-interval S]\n"
-    "       mshare-sga probe [kernel-parameter flags] [--json PATH]\n";
+    "       mshare-sga probe [kernel-parameter flags] [--json PATH]\n"
+    "       mshare-sga floor --sga BYTES --clients N   (fork-and-touch floor, JSON on stdout)\n";
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -56,7 +57,7 @@ static int parse_double(const char *s, double lo, double hi, double *out)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "run") && strcmp(argv[1], "probe"))) {
+    if (argc < 2 || (strcmp(argv[1], "run") && strcmp(argv[1], "probe") && strcmp(argv[1], "floor"))) {
         fputs(USAGE, stderr);
         return 2;
     }
@@ -155,5 +156,7 @@ int main(int argc, char **argv)
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
     setvbuf(stderr, NULL, _IOLBF, 0);
+    if (strcmp(argv[1], "floor") == 0)
+        return floor_command(&cfg);
     return is_run ? coordinator_run(&cfg) : probe_command(&cfg);
 }

@@ -161,4 +161,7 @@ void futex_wake_all(_Atomic int *word);
 int coordinator_run(struct config *cfg);
 int probe_command(struct config *cfg);
 
+/* floor.c */
+int floor_command(const struct config *cfg);
+
 #endif
