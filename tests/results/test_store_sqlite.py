@@ -166,3 +166,12 @@ def test_failed_add_leaves_nothing(store, record_factory):
     assert store.count() == 0 and record.run_id is None
     store.add(record_factory())                      # the lock was released
     assert store.count() == 1
+
+
+def test_run_id_clash_is_retried(store, record_factory, monkeypatch):
+    # runs that start in the same second share the id prefix; force the random part to clash once
+    drawn = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
+    monkeypatch.setattr(store_mod.secrets, "token_hex", lambda n: next(drawn))
+    first = store.add(record_factory(repeat=1))
+    second = store.add(record_factory(repeat=2))
+    assert first.endswith("-aaaaaaaa") and second.endswith("-bbbbbbbb") and store.count() == 2

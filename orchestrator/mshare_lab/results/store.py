@@ -172,7 +172,20 @@ class ResultStore:
 
     def add(self, record: RunRecord, *, matrix_source: str | None = None) -> str:
         """Store one run; returns its new run_id (also set on the record)."""
-        run_id = new_run_id(record.started_at or time.time())
+        for _ in range(5):
+            run_id = new_run_id(record.started_at or time.time())
+            try:
+                self._insert(run_id, record, matrix_source)
+            except sqlite3.IntegrityError as exc:
+                # two runs that started in the same second drew the same random suffix
+                if "runs.run_id" in str(exc):
+                    continue
+                raise
+            record.run_id = run_id
+            return run_id
+        raise sqlite3.IntegrityError("could not draw a unique run id in 5 tries")
+
+    def _insert(self, run_id: str, record: RunRecord, matrix_source: str | None) -> None:
         scenario = record.scenario
         workload = scenario.workload
         result = record.result or None
@@ -198,8 +211,6 @@ class ResultStore:
                              [(run_id, name, value) for name, value in flatten_metrics(result).items()])
             conn.executemany("INSERT INTO timeseries(run_id, series, t, value) VALUES (?, ?, ?, ?)",
                              [(run_id, name, t, v) for name, t, v in _all_series(record)])
-        record.run_id = run_id
-        return run_id
 
     # --- reading -----------------------------------------------------------------------
 
@@ -298,8 +309,8 @@ class _Transaction:
 
 
 def new_run_id(started_at: float) -> str:
-    """Sortable and unique: ``20261125-203600-a1b2c3`` (UTC start time + random)."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(started_at)) + "-" + secrets.token_hex(3)
+    """Sortable and unique: ``20261125-203600-a1b2c3d4`` (UTC start time + random; add() retries a clash)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(started_at)) + "-" + secrets.token_hex(4)
 
 
 #: top-level result fields that are numbers but not measurements (ids, times, the schema)
