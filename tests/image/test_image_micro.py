@@ -182,3 +182,17 @@ def test_micro_guest_without_scenario_still_reports(driver, debian_kernel, workl
     assert out.status["workload_exit"] == -1 and out.result is None
     assert out.dmesg and "Linux version" in out.dmesg
     assert "mshare-lab init: no /etc/mshare-lab/scenario.env" in console
+
+
+def test_prune_keeps_the_newest_of_each_kind(lab_home, fake_workload):
+    from mshare_lab.image import cache
+    paths = []
+    for n in range(3):
+        fake_workload.write_bytes(f"workload {n}".encode())
+        paths.append(micro.build(workload_binary=fake_workload))
+    removed = cache.prune(keep=1)
+    assert sorted(e.path for e in removed) == sorted(paths[:2])
+    assert [e.path for e in cache.list_all()] == [paths[2]]
+    assert not paths[0].exists() and paths[2].exists()
+    assert sorted(p.name for p in (lab_home / "images").iterdir()) == sorted(
+        [paths[2].name, paths[2].name.replace(".cpio.gz", ".json")])

@@ -1,4 +1,5 @@
-"""CLI commands of the image area: ``image build micro|debian [--force]``, ``image list``."""
+"""CLI commands of the image area: ``image build micro|debian [--force]``, ``image list``,
+``image prune [--keep N]``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def register(subparsers) -> None:
 
     listing = sub.add_parser("list", help="list built images")
     listing.set_defaults(func=_list)
+
+    prune = sub.add_parser("prune", help="delete all but the newest images of each kind")
+    prune.add_argument("--keep", type=int, default=1, metavar="N",
+                       help="images of each kind to keep (default: 1)")
+    prune.set_defaults(func=_prune)
 
 
 def _progress(message: str) -> None:
@@ -53,4 +59,16 @@ def _list(args) -> int:
     for e in entries:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.created))
         print(f"{e.name:<26} {format_size(e.size):>10} {created:<20} {e.hash[:16]} {e.path}")
+    return 0
+
+
+def _prune(args) -> int:
+    from ..errors import ConfigError
+    from ..image import cache
+    if args.keep < 1:
+        raise ConfigError("--keep must be at least 1", hint="the newest image of each kind stays")
+    removed = cache.prune(args.keep)
+    for entry in removed:
+        print(f"removed {entry.name}")
+    print(f"{len(removed)} image(s) removed")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,25 @@ def list_all() -> list[ImageEntry]:
         except (ValueError, KeyError):
             continue
     return sorted(entries, key=lambda e: e.created)
+
+
+def remove(entry: ImageEntry) -> None:
+    """Delete an entry: manifest first, so a half-deleted entry is never taken for complete."""
+    entry.manifest.unlink(missing_ok=True)
+    for rel in entry.extra.get("files", []):
+        (entry.manifest.parent / rel).unlink(missing_ok=True)
+    folder = entry.manifest.parent / entry.name
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+    entry.manifest.with_suffix(".log").unlink(missing_ok=True)
+
+
+def prune(keep: int = 1) -> list[ImageEntry]:
+    """Remove all but the newest ``keep`` entries of each kind; returns what was removed."""
+    removed = []
+    for kind in {e.kind for e in list_all()}:
+        entries = [e for e in list_all() if e.kind == kind]   # oldest first
+        for entry in entries[:max(0, len(entries) - keep)]:
+            remove(entry)
+            removed.append(entry)
+    return removed

@@ -182,6 +182,8 @@ def _build_into(staging: Path, out_dir: Path, recipe: Recipe, key: KeyPair,
                 f"--include={','.join(recipe.debootstrap_packages)}", SUITE, str(root), source],
                log=log, label="debootstrap", progress=progress,
                hint="check the apt mirror in /etc/apt/sources.list*")
+    # recipe files first: the kernel's postinst builds the initrd from initramfs-tools' config
+    _copy_recipe_files(root)
     _install_in_chroot(root, recipe.chroot_packages, log, progress)
     _configure(root, key)
     _export_boot_files(root, out_dir)
@@ -213,8 +215,7 @@ def _install_in_chroot(root: Path, packages: list[str], log: Path, progress: Pro
         policy.unlink(missing_ok=True)
 
 
-def _configure(root: Path, key: KeyPair) -> None:
-    """Recipe files, the lab key, a host key made here, a fresh machine id per boot."""
+def _copy_recipe_files(root: Path) -> None:
     files_root = RECIPE_DIR / "rootfs"
     for src in files_root.rglob("*"):
         if src.is_file():
@@ -222,6 +223,10 @@ def _configure(root: Path, key: KeyPair) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             dst.chmod(0o644)
+
+
+def _configure(root: Path, key: KeyPair) -> None:
+    """The lab key, a host key made here, a fresh machine id per boot, quiet units."""
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(key.public_text + "\n")
