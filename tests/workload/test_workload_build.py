@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from mshare_lab.errors import ToolError
+from mshare_lab.errors import ConfigError, ToolError
 from mshare_lab.workload import build
 from mshare_lab.workload.result import ResultSchemaError, WorkloadResult
 
@@ -43,7 +43,7 @@ def test_kernel_flags_come_only_from_metadata():
                                 "msharefs-ioctl": {"abi": "2024"}, "ptshare": {"map_flag": 2097152}})
     assert flags == ["--mshare-syscall-nr", "451,452", "--msharefs-ioctl-abi", "2024",
                      "--ptshare-flag", "0x200000"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         build.kernel_flags({"msharefs-ioctl": {"abi": "2023"}})
 
 

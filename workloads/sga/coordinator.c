@@ -975,7 +975,11 @@ int coordinator_run(struct config *cfg)
         atomic_store(&CTL->protect, 1);
         if (R.mech->owner_protects) {
             futex_wake_all(&CTL->phase);
-        } else if (!clients_pgid || kill(-clients_pgid, SIGUSR1) < 0) {
+        } else {
+            /* one kill for the group, then each pid: a client that could not join the
+             * group (its leader OOM-killed) must not be missed; a second signal is harmless */
+            if (clients_pgid)
+                kill(-clients_pgid, SIGUSR1);
             for (int i = 0; i < R.forked; i++)
                 if (!reaped[i] && CTL->slots[i].pid > 0)
                     kill(CTL->slots[i].pid, SIGUSR1);

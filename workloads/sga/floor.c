@@ -35,12 +35,22 @@ int floor_command(const struct config *cfg)
         fprintf(stderr, "mshare-sga: floor: map %llu bytes: %s\n", (unsigned long long)len, strerror(errno));
         return 1;
     }
-    int64_t t0 = now_ns();
+    /* like the workload, time from a barrier after every fork: closing the pipe's write
+     * end releases all children at once */
+    int gate[2];
+    if (pipe(gate) < 0) {
+        perror("mshare-sga: floor: pipe");
+        return 1;
+    }
     int started = 0, failed = 0;
     for (int i = 0; i < cfg->clients; i++) {
         pid_t pid = fork();
         if (pid == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
+            close(gate[1]);
+            char c;
+            while (read(gate[0], &c, 1) < 0 && errno == EINTR)
+                ;
             if (madvise(addr, len, MADV_POPULATE_WRITE) < 0)
                 for (uint64_t off = 0; off < len; off += 4096)
                     ((volatile char *)addr)[off] = 0;
@@ -50,6 +60,9 @@ int floor_command(const struct config *cfg)
             break;
         started++;
     }
+    close(gate[0]);
+    int64_t t0 = now_ns();
+    close(gate[1]);
     int status;
     while (wait(&status) > 0)
         if (!WIFEXITED(status) || WEXITSTATUS(status))

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ToolError
+from ..errors import ConfigError, ToolError
 from ..paths import REPO_ROOT, lab_home
 
 SOURCE_DIR = REPO_ROOT / "workloads" / "sga"
@@ -80,7 +80,8 @@ def kernel_flags(mechanisms: Mapping[str, Any]) -> list[str]:
     if ioctl.get("abi") is not None:
         abi = str(ioctl["abi"])
         if abi not in ("2024", "2025"):
-            raise ValueError(f"msharefs-ioctl abi {abi!r} is not one mshare-sga knows (2024, 2025)")
+            raise ConfigError(f"kernel metadata: msharefs-ioctl abi {abi!r} is not one mshare-sga knows",
+                              hint="2024 (RFC v3/v1 numbering) or 2025 (v2/v3 with ftruncate)")
         flags += ["--msharefs-ioctl-abi", abi]
     ptshare = mechanisms.get("ptshare") or {}
     if ptshare.get("map_flag") is not None:
