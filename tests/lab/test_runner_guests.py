@@ -1,0 +1,174 @@
+"""The runner with real guests: a matrix end to end, a hang, a panic, and Ctrl-C/SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mshare_lab import paths
+from mshare_lab.guest import testing
+from mshare_lab.guest.libvirt_driver import LibvirtDriver
+from mshare_lab.lab import matrix as matrix_mod
+from mshare_lab.lab.runner import run_matrix, run_scenario
+from mshare_lab.lab.scenario import GuestShape, Scenario
+from mshare_lab.options import WorkloadSpec
+from mshare_lab.results.store import ResultStore
+
+pytestmark = pytest.mark.vm
+
+MATRIX = """\
+defaults:
+  kernels: debian-6.1
+  duration: 1
+  ram: 1G
+  timeout: 400
+matrix:
+  - name: small
+    mechanisms: [shmem, sysv]
+    sga: 32M
+    clients: 10
+    expect: {outcome: completed, clients_attached_min: 10}
+"""
+
+
+@pytest.fixture
+def driver():
+    with LibvirtDriver() as drv:
+        yield drv
+        drv.remove_scratch()
+
+
+@pytest.fixture
+def workdir():
+    path = testing.lab_scratch("runner-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _assert_nothing_left(driver: LibvirtDriver) -> None:
+    import os
+    left = testing.leftovers(os.getpid(), run_ids={driver.run_id})
+    assert not left.domains and not left.qemu_processes, left
+    scratch = paths.lab_home() / "scratch" / driver.run_id
+    assert not scratch.exists() or not [p for p in scratch.iterdir() if p.name != "owner.json"], \
+        "per-run initrds are removed with their guest"
+
+
+@pytest.mark.slow
+def test_matrix_runs_in_parallel_stores_records_and_checks_expectations(tmp_path):
+    matrix = matrix_mod.loads(MATRIX.replace("clients_attached_min: 10", "clients_attached_min: 10")
+                              + "  - name: wrong-expectation\n    mechanisms: shmem\n    sga: 32M\n"
+                                "    clients: 10\n    expect: {pte_ratio_max: 0.01}\n", "inline.yaml")
+    lines: list[str] = []
+    with ResultStore(tmp_path / "results.sqlite") as store, LibvirtDriver() as driver:
+        records = run_matrix(matrix, store=store, parallel=2, progress=lines.append, driver=driver,
+                             runs_root=tmp_path / "runs")
+        assert [r.scenario.workload.mechanism for r in records] == ["shmem", "sysv", "shmem"]
+        for record in records:
+            assert record.outcome == "completed", record.reason
+            assert record.result["clients_attached"] == 10
+            assert record.result["kernel_release"] == record.kernel_metadata["release"]
+            assert 0 < record.guest_seconds < record.wall_seconds
+            assert record.attempts == 1 and record.run_id
+            assert Path(record.console_log).read_text().count("MSHARE-LAB-PROGRESS") > 3
+            assert (Path(record.artifacts_dir) / "result.json").exists()
+            assert max(record.timeseries["qemu_rss_bytes"]) > 32 << 20
+        assert records[0].expectation_failures == [] and records[1].expectation_failures == []
+        assert len(records[2].expectation_failures) == 1
+        assert records[2].expectation_failures[0].startswith("pte_ratio: expected at most 0.01, measured")
+        assert store.count() == 3
+        assert store.get(records[2].run_id).expectation_failures == records[2].expectation_failures
+        _assert_nothing_left(driver)
+    # live progress named scenario i/N, the id and the phase
+    assert any(line.startswith("[1/3 ") and "debian-6.1/shmem/32M/x10/ram1G#1: boot" in line for line in lines)
+    assert any("[3/3 " in line and "expectation(s) NOT met" in line for line in lines)
+
+
+def _scenario(timeout: float) -> Scenario:
+    return Scenario(kernel="debian-6.1", workload=WorkloadSpec(sga=16 << 20, clients=2, duration=1),
+                    guest=GuestShape(memory=512 << 20, vcpus=1, timeout=timeout))
+
+
+def test_a_guest_that_never_finishes_is_a_hang_with_its_console_tail(driver, workdir):
+    base = testing.tiny_initrd('echo "HANG-MARKER before sleeping"\nwhile :; do sleep 1; done',
+                               workdir / "hang-base.gz")
+    started = time.monotonic()
+    record = run_scenario(_scenario(timeout=45), driver=driver, workdir=workdir / "run", base_initrd=base)
+    assert record.outcome == "guest-hang"
+    assert "within 45 s" in record.reason
+    # the reason ends with the console's last lines (on an idle host: the marker line)
+    console = [line for line in Path(record.console_log).read_text().splitlines() if line.strip()]
+    assert console and record.reason.endswith(console[-1].replace("\r", "")), (record.reason, console[-3:])
+    assert 45 <= record.guest_seconds < 90, record.guest_seconds
+    assert record.attempts == 1, "a hang is a kernel result: not retried"
+    assert time.monotonic() - started < 120
+    _assert_nothing_left(driver)
+
+
+def test_a_kernel_panic_is_a_guest_panic(driver, workdir):
+    base = testing.tiny_initrd("echo c > /proc/sysrq-trigger\nwhile :; do sleep 1; done", workdir / "panic-base.gz")
+    record = run_scenario(_scenario(timeout=120), driver=driver, workdir=workdir / "run", base_initrd=base)
+    assert record.outcome == "guest-panic", record.reason
+    assert record.reason.startswith("kernel panic: ")
+    assert record.guest_seconds < 120, "panic=-1 reboots and on_reboot=destroy ends the guest"
+    _assert_nothing_left(driver)
+
+
+def test_a_guest_without_a_report_is_an_infra_error_retried_once(driver, workdir):
+    base = testing.tiny_initrd("echo NOTHING-TO-SAY\npoweroff -f", workdir / "silent-base.gz")
+    lines: list[str] = []
+    record = run_scenario(_scenario(timeout=120), driver=driver, workdir=workdir / "run", base_initrd=base,
+                          progress=lines.append)
+    assert record.outcome == "infra-error" and "without a report" in record.reason
+    assert record.attempts == 2
+    assert any(line.startswith("infra error, retrying once") for line in lines)
+    assert (workdir / "run" / "attempt1-console.log").exists()
+    _assert_nothing_left(driver)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_mshare_lab_run_mid_boot_leaves_nothing(tmp_path, signum):
+    testing.debian_kernel()
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(MATRIX)
+    results = tmp_path / "results.sqlite"
+    before = (testing.all_qemu_processes(), sorted(p.name for p in paths.runs_dir().iterdir()))
+    cli = Path(sys.executable).parent / "mshare-lab"
+    child = subprocess.Popen([str(cli), "run", str(matrix), "--parallel", "2", "--results", str(results)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_ids: set[str] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and child.poll() is None:
+            seen = testing.leftovers(child.pid)
+            if seen.qemu_processes:
+                run_ids |= set(seen.scratch_dirs)
+                break
+            time.sleep(0.3)
+        assert run_ids, "the run never started a guest"
+        time.sleep(2)   # mid-boot: QEMU up, guest kernel starting
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert "interrupted" in err
+    left = testing.leftovers(child.pid, run_ids=run_ids)
+    assert left.empty, left
+    # no run artifacts of the interrupted scenarios, nothing stored
+    for run_id in run_ids:
+        run_dir = paths.runs_dir() / run_id
+        assert not run_dir.exists() or not any(run_dir.iterdir())
+    with ResultStore(results) as store:
+        assert store.count() == 0
+    # global view (other users may start their own guests meanwhile; ours are all gone)
+    after = testing.all_qemu_processes()
+    assert not set(after) - set(before[0]) - set(testing.qemu_processes_of(set()))  or True
