@@ -322,6 +322,8 @@ class LibvirtDriver:
     def _start_when_it_fits(self, spec: DomainSpec, wait: bool,
                             cancel: threading.Event | None) -> libvirt.virDomain:
         while True:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt("run cancelled")
             with self._lock:   # capacity check and start are one step for parallel runs
                 try:
                     self.check_capacity(spec)
@@ -331,8 +333,6 @@ class LibvirtDriver:
                 else:
                     with deferred():
                         return self._start(spec)
-            if cancel is not None and cancel.is_set():
-                raise KeyboardInterrupt("run cancelled")
             time.sleep(1.0)
 
     def _start(self, spec: DomainSpec) -> libvirt.virDomain:

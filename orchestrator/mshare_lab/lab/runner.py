@@ -349,6 +349,7 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     finally:
         board.stop()
         driver.remove_scratch()
+        _remove_if_empty(runs_root)
         if own_driver:
             driver.close()
     return [records[i] for i in sorted(records)]
@@ -374,6 +375,13 @@ def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) 
                              f"its RAM: {budget.describe(scenario.guest.memory)}",
                              hint="lower ram in the matrix or free host memory")
     return base
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()   # only succeeds when nothing was kept in it
+    except OSError:
+        pass
 
 
 def _slug(text: str) -> str:
