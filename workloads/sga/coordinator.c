@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -130,6 +131,20 @@ static int64_t sample_pagetables(int64_t *others)
     return pt;
 }
 
+/* Page-table pages are freed after an RCU grace period (MMU_GATHER_RCU_TABLE_FREE):
+ * wait for one (membarrier GLOBAL is synchronize_rcu) and for PageTables to stop moving. */
+static void settle_pagetables(void)
+{
+    syscall(SYS_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
+    int64_t last = -1;
+    for (int stable = 0, i = 0; stable < 3 && i < 50; i++) {
+        usleep(20000);
+        int64_t now = read_meminfo_kb("PageTables");
+        stable = now == last ? stable + 1 : 0;
+        last = now;
+    }
+}
+
 /* ---- the document -------------------------------------------------------------------- */
 
 static const char *outcome_name(enum outcome o)
@@ -169,7 +184,14 @@ static void render(struct jbuf *b, int final)
         detach = 0;
     int verified = -1;
     if (have_pt && R.attached >= 2 && theory > 0) {
-        verified = (double)region < 0.25 * (double)private_at_ps;
+        /* The detach sample measures only the region's page tables, in a short window;
+         * the barrier estimate carries the noise of the whole attach phase, so it only
+         * guards (a private-sized barrier growth can never count as shared). */
+        double p = (double)private_at_ps;
+        if (have_detach)
+            verified = (double)detach < 0.25 * p && (double)region < 0.5 * p;
+        else
+            verified = (double)region < 0.25 * p;
     }
 
     jb_obj_begin(b);
@@ -805,8 +827,10 @@ static void place_region(struct config *cfg)
     cfg->map_size = (cfg->size + unit - 1) / unit * unit;
     if (cfg->map_size < HEADER_BYTES)
         cfg->map_size = HEADER_BYTES;
-    if (strcmp(m->name, "hugetlb") == 0 || strcmp(m->name, "ptshare") == 0)
-        cfg->base = FIXED_BASE;   /* same address everywhere, 1 GiB aligned */
+    /* same address everywhere, 1 GiB aligned; for thp it also gives the region its own
+     * PMD page, so detaching frees exactly what the region cost */
+    if (strcmp(m->name, "hugetlb") == 0 || strcmp(m->name, "ptshare") == 0 || strcmp(m->name, "thp") == 0)
+        cfg->base = FIXED_BASE;
     int key = 0x4d530000 | (getpid() & 0xffff);
     while (shmget(key, 0, 0) >= 0)
         key++;
@@ -1008,6 +1032,7 @@ int coordinator_run(struct config *cfg)
         R.pt_parked = sample_pagetables(&R.oth_parked);
         set_phase(PH_DETACH);
         wait_for(all_detached, 60);
+        settle_pagetables();
         R.pt_detached = sample_pagetables(&R.oth_detached);
     }
     if (interrupted) {
