@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 #: XML namespace of the lab's <metadata> element
