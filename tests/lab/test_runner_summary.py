@@ -1,0 +1,28 @@
+"""The end-of-run table and totals line of mshare-lab run."""
+
+from __future__ import annotations
+
+from mshare_lab.lab.record import RunRecord
+from mshare_lab.lab.scenario import Scenario
+from mshare_lab.lab.summary import summary_table, totals
+from mshare_lab.options import WorkloadSpec
+
+
+def record(outcome, result=None, failures=(), wall=50.0, guest=45.0) -> RunRecord:
+    return RunRecord(Scenario("debian-6.1", WorkloadSpec()), outcome, result=result,
+                     expectation_failures=list(failures), started_at=100.0, finished_at=100.0 + wall,
+                     guest_seconds=guest)
+
+
+def test_table_rows_and_totals():
+    done = record("completed", {"pte_ratio": 1.0345, "sharing_verified": False, "throughput_tps": 1234.6,
+                                "protect_change_us": 12.34})
+    hang = record("guest-hang", failures=["outcome: expected completed, measured guest-hang"], wall=70, guest=60)
+    lines = summary_table([done, hang]).splitlines()
+    assert lines[0].split() == ["scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "expectations"]
+    assert lines[1].split() == ["debian-6.1/shmem/256M/x100/ram4G#1", "completed", "1.034", "no", "1235", "12.3", "met"]
+    assert lines[2].split()[:6] == ["debian-6.1/shmem/256M/x100/ram4G#1", "guest-hang", "-", "-", "-", "-"]
+    assert lines[2].endswith("FAILED: outcome: expected completed, measured guest-hang")
+    assert totals([done, hang]) == ("2 scenario(s): 1 completed, 1 guest-hang; 1 with unmet expectations; "
+                                    "guest time 105 s, mean overhead 7.5 s per scenario")
+    assert totals([]) == "no scenario ran"
