@@ -196,3 +196,18 @@ def test_prune_keeps_the_newest_of_each_kind(lab_home, fake_workload):
     assert not paths[0].exists() and paths[2].exists()
     assert sorted(p.name for p in (lab_home / "images").iterdir()) == sorted(
         [paths[2].name, paths[2].name.replace(".cpio.gz", ".json")])
+
+
+@pytest.mark.vm
+def test_micro_guest_ends_a_stuck_workload_and_still_reports(driver, debian_kernel, workload_binary,
+                                                             tmp_path):
+    base = micro.build(workload_binary=workload_binary)
+    long_run = ["--mechanism", "shmem", "--sga", "16M", "--clients", "4", "--duration", "600"]
+    initrd = micro.scenario_initrd(base, micro.env_for(long_run, workload_timeout=3),
+                                   driver.scratch_dir() / "stuck.cpio.gz")
+    out, console, seconds, _reason = _boot(driver, debian_kernel, initrd, tmp_path)
+    assert seconds < 300          # far less than the 600 s the workload asked for
+    assert out.complete
+    assert out.status["workload_exit"] not in (0, -1)
+    assert "WORKLOAD_TIMEOUT=3" in out.status["error"]
+    assert out.dmesg and out.meminfo and out.vmstat

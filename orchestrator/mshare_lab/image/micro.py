@@ -216,9 +216,15 @@ def meminfo_kib(text: str) -> dict[str, int]:
 
 def env_for(workload_args: list[str], probe_args: list[str] | None = None, *,
             nr_hugepages: int | None = None, sysctls: dict[str, str] | None = None,
-            scenario_id: str | None = None) -> dict[str, str]:
-    """The scenario.env mapping from argument lists (the runner's convenience)."""
+            scenario_id: str | None = None, workload_timeout: float | None = None) -> dict[str, str]:
+    """The scenario.env mapping from argument lists (the runner's convenience).
+
+    ``workload_timeout`` (seconds) ends the workload inside the guest; set it below the
+    host's guest timeout so that a stuck workload still yields dmesg and a status frame.
+    """
     env = {"WORKLOAD_ARGS": _words(workload_args), "PROBE_ARGS": _words(probe_args or [])}
+    if workload_timeout is not None:
+        env["WORKLOAD_TIMEOUT"] = str(max(1, int(workload_timeout)))
     if nr_hugepages is not None:
         env["NR_HUGEPAGES"] = str(nr_hugepages)
     if sysctls:
