@@ -68,9 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from ..guest.doctor import run_checks
     from ..guest.libvirt_driver import default_uri
+    from ..guest.signals import terminate_as_interrupt
 
-    checks = run_checks(args.uri or default_uri(), probe=args.probe, reprobe=args.reprobe,
-                        report=lambda c: print(c.line(), flush=True))
+    with terminate_as_interrupt():   # the KVM probe boots a guest: tear it down on kill too
+        checks = run_checks(args.uri or default_uri(), probe=args.probe, reprobe=args.reprobe,
+                            report=lambda c: print(c.line(), flush=True))
     failed = [c for c in checks if c.required and not c.ok]
     warned = [c for c in checks if not c.required and not c.ok]
     if failed:
