@@ -197,10 +197,23 @@ def _excluded(comparison: Comparison) -> str:
 
 
 def _formatter(metric: str) -> Callable[[float], str]:
-    if metric.endswith("_bytes"):
+    if "_bytes" in metric:
         return format_size
+    if metric.endswith("_us") or metric.startswith("latency_us."):
+        return _microseconds
     if metric.endswith("_s") or metric.endswith("seconds"):
         return lambda v: f"{v:.3g} s"
-    if metric.endswith("_us") or metric.startswith("latency_us."):
-        return lambda v: f"{v:.3g} µs"
-    return lambda v: f"{v:.4g}"
+    return _plain
+
+
+def _microseconds(value: float) -> str:
+    # protection changes over thousands of clients take seconds: show them as such
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g} s"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.3g} ms"
+    return f"{value:.3g} µs"
+
+
+def _plain(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
