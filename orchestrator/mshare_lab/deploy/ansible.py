@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ class PlaybookError(ToolError):
         self.task = task
         self.host = host
         self.stderr_tail = stderr_tail
+        self.result: PlaybookResult | None = None   # what the play did until it failed
         super().__init__(message, log=log)
 
 
@@ -60,6 +62,7 @@ class GuestUnreachableError(ProvisionError):
     def __init__(self, message: str, *, task: str | None = None, host: str | None = None):
         self.task = task
         self.host = host
+        self.result: PlaybookResult | None = None
         super().__init__(message)
 
 
@@ -71,6 +74,11 @@ class PlaybookResult:
     artifact_dir: Path                # runner artifacts: stdout, job_events/, rc, status
     elapsed_s: float
     host_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: host -> task name -> the module's result (the last one when a task ran twice)
+    task_results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def task_result(self, host: str, task: str) -> dict[str, Any] | None:
+        return self.task_results.get(host, {}).get(task)
 
 
 def inventory(targets: Sequence[SshTarget], *, control_path_dir: Path | None = None) -> dict[str, Any]:
@@ -131,7 +139,9 @@ class _Events:
     def __init__(self, progress: Progress | None):
         self.progress = progress or (lambda line: None)
         self.failures: list[dict[str, Any]] = []
+        self.task_results: dict[str, dict[str, dict[str, Any]]] = {}
         self._polls: dict[tuple[str, str], int] = {}
+        self._task_of: dict[str, str] = {}
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -141,10 +151,16 @@ class _Events:
         elif kind in self._RESULT:
             changed = " (changed)" if kind == "runner_on_ok" and (data.get("res") or {}).get("changed") else ""
             self.progress(f"  {self._RESULT[kind]:<11} {data.get('host', '?')}: {data.get('task', '')}{changed}")
+            self.task_results.setdefault(data.get("host", "?"), {})[data.get("task", "")] = {
+                "status": self._RESULT[kind].lower(), **(data.get("res") or {})}
             if kind == "runner_on_unreachable" or (kind == "runner_on_failed" and not data.get("ignore_errors")):
                 self.failures.append({"kind": kind, **data})
+        elif kind == "runner_on_start":
+            self._task_of[data.get("host", "?")] = data.get("task", "")
         elif kind == "runner_on_async_poll":
-            key = (data.get("host", "?"), data.get("task", ""))
+            host = data.get("host", "?")
+            # the poll events name the async_status helper, not the task that waits
+            key = (host, self._task_of.get(host, data.get("task", "")))
             self._polls[key] = self._polls.get(key, 0) + 1
             # one line every ten polls: alive, not chatty
             if self._polls[key] % 10 == 1:
@@ -157,7 +173,7 @@ def _stderr_tail(res: dict[str, Any]) -> str:
     return "\n".join(str(text).rstrip().splitlines()[-STDERR_TAIL_LINES:])
 
 
-def _failure_error(failure: dict[str, Any], stdout_log: Path) -> Exception:
+def _failure_error(failure: dict[str, Any], stdout_log: Path) -> "PlaybookError | GuestUnreachableError":
     host, task = failure.get("host", "?"), failure.get("task", "?")
     res = failure.get("res") or {}
     msg = str(res.get("msg") or "").strip()
@@ -203,7 +219,7 @@ def run_playbook(targets: Sequence[SshTarget], *, workdir: Path, extravars: dict
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     control_path_dir = Path(tempfile.mkdtemp(prefix="msl-cp-"))
     events = _Events(progress)
-    cancelled = threading.Event()
+    stopper = _Stopper(workdir, timeout)
     started = time.monotonic()
     try:
         thread, runner = ansible_runner.run_async(
@@ -216,38 +232,119 @@ def run_playbook(targets: Sequence[SshTarget], *, workdir: Path, extravars: dict
             ident=ident,
             tags=",".join(tags) or None,
             skip_tags=",".join(skip_tags) or None,
-            timeout=int(timeout),
             settings={"pexpect_timeout": 1, "suppress_ansible_output": True},
             quiet=True,
             event_handler=events,
-            cancel_callback=cancelled.is_set,
+            cancel_callback=stopper,
         )
         try:
-            while thread.is_alive():
-                thread.join(0.5)
+            _wait_for(thread)
         except KeyboardInterrupt:
-            # the runner kills the play's process group at its next check (1 s)
-            cancelled.set()
-            thread.join(30)
+            stopper.cancel()
+            _wait_for(thread, 30)
             raise
     finally:
+        stopper.kill_leftovers()
         _close_control_masters(control_path_dir)
     elapsed = time.monotonic() - started
     artifact_dir = Path(runner.config.artifact_dir)
     result = PlaybookResult(status=runner.status, rc=runner.rc if runner.rc is not None else -1,
                             private_data_dir=workdir, artifact_dir=artifact_dir, elapsed_s=elapsed,
-                            host_stats=_host_stats(runner))
+                            host_stats=_host_stats(runner), task_results=events.task_results)
     stdout_log = artifact_dir / "stdout"
-    if runner.status == "timeout":
+    if stopper.timed_out:
         raise LabTimeoutError(f"the playbook {playbook} did not finish within {timeout:.0f} s and was stopped; "
                               f"log: {stdout_log}")
     if runner.status == "successful":
         return result
     if events.failures:
-        raise _failure_error(events.failures[0], stdout_log)
+        error = _failure_error(events.failures[0], stdout_log)
+        error.result = result
+        raise error
     tail = _file_tail(stdout_log)
     raise ToolError(f"ansible-playbook {playbook} ended {runner.status} (rc {runner.rc}) without a failed task: "
                     f"{tail}", log=stdout_log)
+
+
+def _wait_for(thread: threading.Thread, timeout: float | None = None) -> None:
+    """Wait for the runner thread without Thread.join: a join cut by Ctrl-C can leave the
+    thread looking finished to every later join (Python 3.11), and the play running."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = threading.Event()
+    while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+        pause.wait(0.25)
+
+
+class _Stopper:
+    """The runner's cancel callback: stops the play on Ctrl-C or at its deadline.
+
+    ansible-runner kills the play's process group, but Ansible's worker processes call
+    setsid() and live on (an async task keeps polling a guest for minutes). So when the
+    play is stopped, this first notes every process of the play's tree, and
+    ``kill_leftovers`` kills what is still alive once the runner is done.
+    """
+
+    def __init__(self, workdir: Path, timeout: float):
+        self.workdir = str(workdir)
+        self.deadline = time.monotonic() + timeout
+        self.timed_out = False
+        self._cancelled = threading.Event()
+        self._doomed: list[tuple[int, str]] = []
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __call__(self) -> bool:
+        if not self._cancelled.is_set() and time.monotonic() < self.deadline:
+            return False
+        if not self._cancelled.is_set():
+            self.timed_out = True
+            self._cancelled.set()
+        if not self._doomed:
+            self._doomed = _process_tree(self.workdir)
+            log.debug("stopping the play: processes %s", self._doomed)
+        return True
+
+    def kill_leftovers(self) -> None:
+        for pid, start in self._doomed:
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _process_tree(marker: str) -> list[tuple[int, str]]:
+    """(pid, start time) of our child whose command line names ``marker`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    me = os.getpid()
+    roots = []
+    for pid, parent in parents.items():
+        if parent == me:
+            try:
+                if marker in (Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")):
+                    roots.append(pid)
+            except OSError:
+                continue
+    tree, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return [(pid, _start_time(pid)) for pid in tree if _start_time(pid)]
 
 
 def _host_stats(runner: Any) -> dict[str, dict[str, int]]:
