@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -14,8 +15,7 @@ import pytest
 from mshare_lab import paths
 from mshare_lab.guest import testing
 from mshare_lab.guest.libvirt_driver import LibvirtDriver
-from mshare_lab.lab import matrix as matrix_mod
-from mshare_lab.lab.runner import run_matrix, run_scenario
+from mshare_lab.lab.runner import run_scenario
 from mshare_lab.lab.scenario import GuestShape, Scenario
 from mshare_lab.options import WorkloadSpec
 from mshare_lab.results.store import ResultStore
@@ -60,33 +60,57 @@ def _assert_nothing_left(driver: LibvirtDriver) -> None:
         "per-run initrds are removed with their guest"
 
 
+CLI_MATRIX = """\
+defaults:
+  kernels: debian-6.1
+  duration: 1
+  ram: 1G
+  timeout: 400
+  sga: 32M
+  clients: 10
+matrix:
+  - name: met
+    mechanisms: shmem
+    expect: {outcome: completed, clients_attached_min: 10}
+  - name: not-met
+    mechanisms: sysv
+    expect: {pte_ratio_max: 0.01}
+"""
+
+
 @pytest.mark.slow
-def test_matrix_runs_in_parallel_stores_records_and_checks_expectations(tmp_path):
-    matrix = matrix_mod.loads(MATRIX + "  - name: wrong-expectation\n    mechanisms: shmem\n    sga: 32M\n"
-                                       "    clients: 12\n    expect: {pte_ratio_max: 0.01}\n", "inline.yaml")
-    lines: list[str] = []
-    with ResultStore(tmp_path / "results.sqlite") as store, LibvirtDriver() as driver:
-        records = run_matrix(matrix, store=store, parallel=2, progress=lines.append, driver=driver,
-                             runs_root=tmp_path / "runs")
-        assert [r.scenario.workload.mechanism for r in records] == ["shmem", "sysv", "shmem"]
+def test_cli_run_in_parallel_stores_records_prints_the_table_and_exits_1_on_unmet_expectations(tmp_path):
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(CLI_MATRIX)
+    results = tmp_path / "results.sqlite"
+    cli = Path(sys.executable).parent / "mshare-lab"
+    child = subprocess.Popen([str(cli), "run", str(matrix), "--parallel", "2", "--results", str(results)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = child.communicate(timeout=900)
+    assert child.returncode == 1, err
+    # live progress: scenario i/N, elapsed, id, phase
+    assert re.search(r"^\[1/2 [\dms]+\] debian-6\.1/shmem/32M/x10/ram1G#1: boot: run", err, re.M), err
+    assert re.search(r"^\[2/2 .*sysv.*: completed, 1 expectation\(s\) NOT met", err, re.M), err
+    table = out.splitlines()
+    assert table[0].split()[:3] == ["scenario", "outcome", "pte_ratio"]
+    assert re.match(r"debian-6\.1/shmem/32M/x10/ram1G#1 +completed +\d\.\d{3} +no +\d+ +[\d.]+ +met$", table[1])
+    assert "FAILED: pte_ratio: expected at most 0.01, measured" in table[2]
+    assert "2 scenario(s): 2 completed; 1 with unmet expectations" in out
+    with ResultStore(results) as store:
+        records = store.runs()
+        assert sorted(r.scenario.workload.mechanism for r in records) == ["shmem", "sysv"]
         for record in records:
             assert record.outcome == "completed", record.reason
-            assert record.result["clients_attached"] == record.scenario.workload.clients
+            assert record.result["clients_attached"] == 10
             assert record.result["kernel_release"] == record.kernel_metadata["release"]
             assert 0 < record.guest_seconds < record.wall_seconds
-            assert record.attempts == 1 and record.run_id
+            assert record.attempts == 1
             assert Path(record.console_log).read_text().count("MSHARE-LAB-PROGRESS") > 3
             assert (Path(record.artifacts_dir) / "result.json").exists()
-            assert max(record.timeseries["qemu_rss_bytes"]) > 32 << 20
-        assert records[0].expectation_failures == [] and records[1].expectation_failures == []
-        assert len(records[2].expectation_failures) == 1
-        assert records[2].expectation_failures[0].startswith("pte_ratio: expected at most 0.01, measured")
-        assert store.count() == 3
-        assert store.get(records[2].run_id).expectation_failures == records[2].expectation_failures
-        _assert_nothing_left(driver)
-    # live progress named scenario i/N, the id and the phase
-    assert any(line.startswith("[1/3 ") and "debian-6.1/shmem/32M/x10/ram1G#1: boot" in line for line in lines)
-    assert any("[3/3 " in line and "expectation(s) NOT met" in line for line in lines)
+            assert max(v for _, v in store.timeseries(record.run_id)["qemu_rss_bytes"]) > 32 << 20
+        failures = {r.scenario.workload.mechanism: r.expectation_failures for r in records}
+        assert failures["shmem"] == [] and len(failures["sysv"]) == 1
+    assert testing.leftovers(child.pid).empty
 
 
 def _scenario(timeout: float) -> Scenario:
@@ -169,3 +193,16 @@ def test_interrupting_mshare_lab_run_mid_boot_leaves_nothing(tmp_path, signum):
         assert store.count() == 0
     # no run directory appeared for the interrupted run (other users may add their own)
     assert not ({p.name for p in paths.runs_dir().iterdir()} - before_runs) & run_ids
+
+
+def test_kernel_oom_kills_without_a_workload_report_make_an_oom_outcome(driver, workdir):
+    # the init itself exhausts the guest's RAM; the kernel's OOM killer takes the hog and
+    # the init powers off without sending any frame: only the kernel log tells
+    base = testing.tiny_initrd("mount -t tmpfs -o size=100% tmpfs /tmp\n"
+                               "echo 1 > /proc/sys/vm/overcommit_memory\n"
+                               "(tail /dev/zero) ; echo HOG-ENDED\npoweroff -f", workdir / "oom-base.gz")
+    record = run_scenario(_scenario(timeout=180), driver=driver, workdir=workdir / "run", base_initrd=base)
+    assert record.outcome == "oom", record.reason
+    assert "the OOM killer killed" in record.reason and "tail x1" in record.reason
+    assert "HOG-ENDED" in Path(record.console_log).read_text()
+    _assert_nothing_left(driver)
