@@ -247,12 +247,13 @@ class LibvirtDriver:
     def scratch_dir(self) -> Path:
         """Per-run scratch space (initrd copies, overlays) that gc removes once the owner died."""
         path = scratch_root() / self.run_id
-        if not path.exists():
-            path.mkdir(parents=True)
-            path.chmod(0o755)   # the qemu user reads the per-run initrd from here
-            pid = os.getpid()
-            (path / SCRATCH_OWNER_FILE).write_text(json.dumps(
-                {"pid": pid, "start": process_start_time(pid), "created": time.time()}))
+        with self._lock:   # parallel scenarios ask for it at the same time
+            if not (path / SCRATCH_OWNER_FILE).exists():
+                path.mkdir(parents=True, exist_ok=True)
+                path.chmod(0o755)   # the qemu user reads the per-run initrd from here
+                pid = os.getpid()
+                (path / SCRATCH_OWNER_FILE).write_text(json.dumps(
+                    {"pid": pid, "start": process_start_time(pid), "created": time.time()}))
         return path
 
     def remove_scratch(self) -> None:
