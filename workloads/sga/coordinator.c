@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -553,10 +554,20 @@ static int own_cgroup(int v2, char *out, size_t len)
     return -1;
 }
 
+static char cg2_mount[300];   /* a cgroup2 mount we made (private namespace), or "" */
+
 static int setup_cgroup(char *msg, size_t len)
 {
     char mnt[512], own[1024], path[1536], buf[512], limit[32];
     snprintf(limit, sizeof limit, "%llu", (unsigned long long)C->memory_limit);
+    /* a minimal guest may mount no cgroup at all: mount cgroup2 where only we see it */
+    if (find_mount(1, mnt, sizeof mnt) < 0 && find_mount(0, mnt, sizeof mnt) < 0 && geteuid() == 0
+        && make_tmp_dir(cg2_mount, sizeof cg2_mount) == 0) {
+        if (mount("cgroup2", cg2_mount, "cgroup2", 0, NULL) < 0) {
+            rmdir(cg2_mount);
+            cg2_mount[0] = 0;
+        }
+    }
     /* v2 when a unified mount offers the memory controller to our cgroup */
     if (find_mount(1, mnt, sizeof mnt) == 0 && own_cgroup(1, own, sizeof own) == 0) {
         snprintf(path, sizeof path, "%s%s/cgroup.controllers", mnt, own);
@@ -605,15 +616,22 @@ static int64_t cgroup_oom_kills(void)
 
 static void remove_cgroup(void)
 {
-    if (!R.cg_version)
-        return;
-    R.cg_oom_kill = cgroup_oom_kills();
-    for (int i = 0; i < 50; i++) {
-        if (rmdir(R.cg_dir) == 0 || errno == ENOENT)
-            return;
-        usleep(20000);
+    if (R.cg_version) {
+        R.cg_oom_kill = cgroup_oom_kills();
+        int i;
+        for (i = 0; i < 50; i++) {
+            if (rmdir(R.cg_dir) == 0 || errno == ENOENT)
+                break;
+            usleep(20000);
+        }
+        if (i == 50)
+            add_error("could not remove memory cgroup %s: %s", R.cg_dir, strerror(errno));
     }
-    add_error("could not remove memory cgroup %s: %s", R.cg_dir, strerror(errno));
+    if (cg2_mount[0]) {
+        umount2(cg2_mount, MNT_DETACH);
+        rmdir(cg2_mount);
+        cg2_mount[0] = 0;
+    }
 }
 
 /* ---- children --------------------------------------------------------------------------- */

@@ -319,10 +319,17 @@ static int msharefs_probe(struct config *cfg, char *reason, size_t len)
     return msharefs_prepare(cfg, reason, len);
 }
 
-/* 2022 v2: the creator's mmap of a new msharefs file makes the region */
+/* 2022 v2: the creator's mmap of a new msharefs file makes the region (no ftruncate) */
 static void *msharefs_create(struct config *cfg, char *err, size_t len)
 {
-    return file_create(cfg, err, len);
+    int fd = open(cfg->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail(err, len, cfg->path);
+    void *addr = map_fd(cfg, fd, cfg->map_size, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return addr ? addr : fail(err, len, "mmap new msharefs file");
 }
 
 static void *msharefs_attach(const struct config *cfg, char *err, size_t len)
@@ -490,6 +497,18 @@ const struct mechanism *mechanism_get(const char *name)
     return NULL;
 }
 
+/* A fresh empty directory for a mount point; a minimal guest may lack /tmp. */
+int make_tmp_dir(char *out, size_t len)
+{
+    static const char *parents[] = { "/tmp", "/run", "/dev", "" };
+    for (size_t i = 0; i < sizeof parents / sizeof parents[0]; i++) {
+        snprintf(out, len, "%s/mshare-sga.XXXXXX", parents[i]);
+        if (mkdtemp(out))
+            return 0;
+    }
+    return -1;
+}
+
 /* As root, work in a private mount namespace: every mount made here (a huge=always
  * tmpfs, msharefs) disappears with the last process of the run, even after SIGKILL. */
 int prepare_private_mounts(struct config *cfg, char *err, size_t len)
@@ -507,17 +526,17 @@ int prepare_private_mounts(struct config *cfg, char *err, size_t len)
     }
     if (!private_ns)
         return 0;   /* probes report what is missing */
-    char tmpl[] = "/tmp/mshare-sga.XXXXXX";
-    if (!mkdtemp(tmpl)) {
-        snprintf(err, len, "mkdtemp %s: %s", tmpl, strerror(errno));
+    if (make_tmp_dir(cfg->shm_dir, sizeof cfg->shm_dir) < 0) {
+        snprintf(err, len, "no writable directory for a private tmpfs (/tmp, /run, /dev, /): %s",
+                 strerror(errno));
         return -1;
     }
+    char *tmpl = cfg->shm_dir;
     if (mount("tmpfs", tmpl, "tmpfs", 0, want_huge ? "huge=always,mode=0700" : "mode=0700") < 0) {
         snprintf(err, len, "mount tmpfs on %s: %s", tmpl, strerror(errno));
         rmdir(tmpl);
         return -1;
     }
-    snprintf(cfg->shm_dir, sizeof cfg->shm_dir, "%s", tmpl);
     tmp_mount_made = 1;
     return 0;
 }

@@ -119,6 +119,7 @@ extern const struct mechanism MECHANISMS[];
 extern const int NMECHANISMS;
 int prepare_private_mounts(struct config *cfg, char *err, size_t len);
 void release_private_mounts(const struct config *cfg);
+int make_tmp_dir(char *out, size_t len);
 
 /* measure.c */
 int64_t now_ns(void);
