@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ConfigDroppedError, ConfigError, NotFoundError, ToolError
+from ..errors import ConfigDroppedError, ConfigError, NotFoundError
 from ..paths import REPO_ROOT, kernels_dir
 from . import detect, kconfig, source, store
 from .artifact import BUILD_LOG, BZIMAGE, CONFIG, MODULES, SYSTEM_MAP, KernelArtifact, write_metadata

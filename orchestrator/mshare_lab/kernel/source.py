@@ -62,20 +62,19 @@ def identify(source: str, ref: str | None = None) -> SourceIdentity:
     if ref:
         if not (path / ".git").exists():
             raise ConfigError(f"--ref {ref} given but {source} is not a git repository")
-        commit = run(["git", "-C", path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-                     what=f"git rev-parse {ref}") if _git_has(path, ref) else ""
-        if not commit.strip():
+        commit = _local_commit(path, ref)
+        if not commit:
             raise NotFoundError(f"git ref {ref!r} not found in {source}", hint="check `git -C SRC log --oneline REF`")
-        return SourceIdentity("git", str(path), commit.strip(), ref)
+        return SourceIdentity("git", str(path), commit, ref)
     if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
         raise ConfigError(f"{source} does not look like a kernel source tree (no Makefile/Kconfig at its top)")
     return SourceIdentity("directory", str(path), directory_fingerprint(path))
 
 
-def _git_has(repo: Path, ref: str) -> bool:
+def _local_commit(repo: Path, ref: str) -> str | None:
     done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
                           capture_output=True, text=True)
-    return done.returncode == 0
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _remote_commit(url: str, ref: str) -> str:
@@ -126,6 +125,10 @@ def private_tree(identity: SourceIdentity, dest: Path, progress: Progress) -> Pa
         progress(f"kernel: copying {identity.location} to a private tree")
         dest.mkdir()
         run(["rsync", "-a", "--exclude=/.git", f"{identity.location}/", f"{dest}/"], what="rsync (private source copy)")
+        if (dest / ".config").exists() or (dest / "include/config").exists():
+            # an in-tree configured source refuses out-of-tree builds; clean only our copy
+            progress("kernel: the source was configured in tree; make mrproper in the private copy")
+            run(["make", "-s", "mrproper"], cwd=dest, what="make mrproper")
     else:
         progress(f"kernel: checking out {identity.ref} ({identity.digest[:12]})")
         if _is_url(identity.location):
