@@ -234,7 +234,8 @@ def _attempt_micro(scenario: Scenario, kernel: "KernelArtifact", base: Path, dri
         return _Attempt(Classification("infra-error", str(exc), retry=True))
     finally:
         initrd.unlink(missing_ok=True)
-    output = micro.read_guest_output(_whole_serial(serial_path)) if serial_path.exists() else micro.GuestOutput()
+    # read_guest_output stitches virtlogd's rotated parts (serial.log.0, ...) back together
+    output = micro.read_guest_output(serial_path) if serial_path.exists() else micro.GuestOutput()
     evidence = Evidence(
         ended=ended, end_reason=end_reason, ended_by_infra=by_infra and not ended_by_guest(output),
         timeout=scenario.guest.timeout, console=serial.read_text(console_path),
@@ -242,18 +243,6 @@ def _attempt_micro(scenario: Scenario, kernel: "KernelArtifact", base: Path, dri
         broken_frames=tuple(f"{b.name}: {b.reason}" for b in output.broken))
     _save_frames(output, workdir)
     return _Attempt(classify(evidence), result=output.result, guest_seconds=guest_seconds, timeseries=series)
-
-
-def _whole_serial(path: Path) -> Path:
-    """The serial file, stitched back together if virtlogd rotated it (past 2 MiB)."""
-    parts = serial.rotated_parts(path)
-    if len(parts) <= 1:
-        return path
-    whole = path.with_name(path.stem + "-whole" + path.suffix)
-    with whole.open("wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
-    return whole
 
 
 def ended_by_guest(output: Any) -> bool:
