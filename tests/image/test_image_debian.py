@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,19 @@ def test_mirror_from_deb822_and_one_line_sources(tmp_path, monkeypatch):
     assert mirror.debian_mirror("trixie", tmp_path) == "http://override.example/debian"
 
 
+def test_guest_sources_follow_the_host_suite_family(tmp_path, monkeypatch):
+    monkeypatch.delenv("MSHARE_LAB_DEBIAN_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(
+        "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\n"
+        "Types: deb\nURIs: http://s.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm-backports trixie\n")
+    assert mirror.suite_sources("bookworm", tmp_path) == [
+        "deb http://m.example/debian bookworm main",
+        "deb http://m.example/debian bookworm-updates main",
+        "deb http://s.example/debian-security bookworm-security main"]
+
+
 def test_recipe_errors_name_file_and_line(tmp_path):
     (tmp_path / "packages").write_text("[debootstrap]\npython3\n[extras]\nvim\n")
     with pytest.raises(ConfigError, match=r"packages:3: unknown section \[extras\]"):
@@ -50,6 +64,9 @@ def test_the_real_recipe_hashes_by_content():
     recipe = debian.Recipe.load()
     assert "openssh-server" in recipe.debootstrap_packages
     assert recipe.chroot_packages == ["linux-image-cloud-amd64"]
+    # pinned to what the host's apt offers, the same version `kernel fetch debian` downloads
+    [pinned] = recipe.pinned_chroot_packages()
+    assert re.fullmatch(r"linux-image-cloud-amd64=\d+\.\d+\.\d+-\S+", pinned)
     assert recipe.hash("ssh-ed25519 AAAA1") != recipe.hash("ssh-ed25519 AAAA2")
     assert recipe.hash("ssh-ed25519 AAAA1") == debian.Recipe.load().hash("ssh-ed25519 AAAA1")
 
@@ -70,12 +87,14 @@ def _ssh(img: debian.DebianImage, port: int, known_hosts: Path, *command: str,
 
 @pytest.mark.vm
 @pytest.mark.slow
-def test_debian_guest_boots_to_ssh_with_checked_host_key(image, driver, tmp_path):
+def test_debian_guest_boots_to_ssh_with_checked_host_key(image, driver, debian_kernel, tmp_path):
     images = image.path.parent
     assert image.kernel.exists() and image.initrd.exists()
     assert oct(image.ssh_private_key.stat().st_mode & 0o777) == "0o600"
     base_stamp = image.path.stat().st_mtime_ns
     release = (images / "release").read_text().strip()
+    # the image carries the stock kernel artifact's release, so either boots with its modules
+    assert release == debian_kernel.release
 
     overlay = image.overlay(driver.scratch_dir() / "debian-test.qcow2")
     port = free_port()

@@ -114,7 +114,7 @@ WORKLOAD = ["--mechanism", "shmem", "--sga", "64M", "--clients", "20", "--durati
             "--populate", "1", "--write-share", "0.1"]
 
 
-def _boot(driver, kernel, initrd: Path, tmp_path: Path, timeout: float = 240):
+def _boot(driver, kernel, initrd: Path, tmp_path: Path, timeout: float = 300):
     spec = DomainSpec(name=driver.new_name(), memory=1 << 30, vcpus=2, kernel=kernel.bzimage,
                       initrd=initrd, cmdline=micro.MICRO_CMDLINE,
                       console_path=tmp_path / "console.log", serial_path=tmp_path / "serial.log")

@@ -9,7 +9,7 @@ recipe, the suite and the lab key. The staging dir is always removed, mounts ins
 
 from __future__ import annotations
 
-import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -108,11 +108,32 @@ class Recipe:
         files = sorted(p for p in directory.rglob("*") if p.is_file())
         return cls(groups["debootstrap"], groups["chroot"], files)
 
+    def pinned_chroot_packages(self) -> list[str]:
+        """``name=version`` of the [chroot] packages as this host's apt would install them:
+        the image then carries the very kernel ``kernel fetch debian`` registers, and a new
+        Debian kernel release makes a new image."""
+        return [f"{name}={_candidate(name)}" for name in self.chroot_packages]
+
     def hash(self, lab_public_key: str) -> str:
-        parts = [RECIPE_VERSION, SUITE.encode(), IMAGE_SIZE.encode(), lab_public_key.encode()]
+        parts = [RECIPE_VERSION, SUITE.encode(), IMAGE_SIZE.encode(), lab_public_key.encode(),
+                 *(p.encode() for p in self.pinned_chroot_packages())]
         for file in self.files:
             parts += [str(file.relative_to(RECIPE_DIR)).encode(), file.read_bytes()]
         return cache.content_hash(parts)
+
+
+def _candidate(package: str) -> str:
+    """The version `apt-get install` would pick on this host (from its apt lists)."""
+    try:
+        policy = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ToolError(f"apt-cache policy {package} failed") from exc
+    match = re.search(r"Candidate:\s*(\S+)", policy)
+    if not match or match.group(1) == "(none)":
+        raise NotFoundError(f"apt has no candidate version of {package}",
+                            hint="run `apt-get update` (the image pins what the host's apt offers)")
+    return match.group(1)
 
 
 def build(progress: Progress | None = None, *, force: bool = False) -> DebianImage:
@@ -184,7 +205,7 @@ def _build_into(staging: Path, out_dir: Path, recipe: Recipe, key: KeyPair,
                hint="check the apt mirror in /etc/apt/sources.list*")
     # recipe files first: the kernel's postinst builds the initrd from initramfs-tools' config
     _copy_recipe_files(root)
-    _install_in_chroot(root, recipe.chroot_packages, log, progress)
+    _install_in_chroot(root, recipe.pinned_chroot_packages(), log, progress)
     _configure(root, key)
     _export_boot_files(root, out_dir)
     _say(progress, f"mkfs.ext4 {IMAGE_SIZE}")
@@ -201,10 +222,14 @@ def _install_in_chroot(root: Path, packages: list[str], log: Path, progress: Pro
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\n# no daemon starts while the image is built\nexit 101\n")
     policy.chmod(0o755)
+    # debootstrap configured the main suite only; security updates carry the current kernel
+    (root / "etc/apt/sources.list").write_text("\n".join(mirror.suite_sources(SUITE)) + "\n")
     subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
     try:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
                "LC_ALL": "C"}
+        run_logged(["chroot", str(root), "apt-get", "update", "-q"], log=log,
+                   label="apt-get update", progress=progress, env=env)
         _say(progress, f"installing {' '.join(packages)} in the chroot")
         run_logged(["chroot", str(root), "apt-get", "install", "-y", "-q",
                     "--no-install-recommends", *packages],

@@ -74,3 +74,17 @@ def _parse_deb822(text: str) -> list[tuple[str, list[str]]]:
         for uri in fields.get("uris", "").split():
             found.append((uri, suites))
     return found
+
+
+def suite_sources(suite: str, apt_dir: Path = APT_DIR) -> list[str]:
+    """``deb URI SUITE main`` lines for suite and its -updates/-security companions as this
+    host's apt has them, so the guest gets the same (security-updated) kernel as the host's
+    ``apt-get download`` does."""
+    wanted = (suite, f"{suite}-updates", f"{suite}-security")
+    lines = [f"deb {debian_mirror(suite, apt_dir)} {suite} main"]
+    for uri, suites in _sources(apt_dir):
+        for name in suites:
+            line = f"deb {uri} {name} main"
+            if name in wanted and line not in lines:
+                lines.append(line)
+    return lines
