@@ -97,8 +97,8 @@ def test_thp_small_page_tables_are_not_sharing(binary):
     assert result.outcome == "completed", result.reason
     assert result.pte_ratio < 0.05                       # far below the 4 KiB theory
     assert result.sharing_verified is False              # yet private at 2 MiB granularity
-    # one private PMD page per client is what the region costs
-    assert result.raw["region_pagetable_bytes_detach"] >= 0.5 * result.raw["private_pte_bytes_at_page_size"]
+    # at least one private PMD page per client is what the region costs
+    assert result.region_pagetable_bytes >= 0.5 * result.raw["private_pte_bytes_at_page_size"]
 
 
 @pytest.mark.parametrize("mechanism,extra,reason", [
