@@ -27,7 +27,7 @@ from mshare_lab.lab.runner import workload_args
 from mshare_lab.workload.build import ensure_binary
 from mshare_lab.workload.result import WorkloadResult
 
-from conftest import free_port
+from deploy_helpers import control_masters, free_port, processes_mentioning
 
 
 def _extravars(tmp: Path, binary: Path, args: list[str]) -> dict:
@@ -46,24 +46,6 @@ def _extravars(tmp: Path, binary: Path, args: list[str]) -> dict:
         "collect_remote_dir": str(remote),
         "collect_dest": str(tmp / "collected"),
     }
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{proc.name}: {cmdline[:200]}")
-    return found
-
-
-def _no_control_masters() -> list[str]:
-    return _processes_mentioning("msl-cp-")
 
 
 def _script(path: Path, body: str) -> Path:
@@ -100,7 +82,7 @@ def test_play_runs_the_real_workload_and_fetches_its_result(loopback_sshd, tmp_p
     assert "StrictHostKeyChecking=yes" in host["ansible_ssh_extra_args"]
     assert f"UserKnownHostsFile={loopback_sshd.target.known_hosts}" in host["ansible_ssh_extra_args"]
     assert list((played.artifact_dir / "job_events").glob("*.json"))
-    assert _no_control_masters() == []
+    assert control_masters(tmp_path / "ansible") == []
 
 
 def test_workload_failure_names_task_host_and_stderr(loopback_sshd, tmp_path):
@@ -116,7 +98,7 @@ def test_workload_failure_names_task_host_and_stderr(loopback_sshd, tmp_path):
     # what ran before the failure is still reported, and collect ran (always)
     assert error.result.task_result(loopback_sshd.target.name, "Run the workload")["rc"] == 2
     assert (tmp_path / "collected" / loopback_sshd.target.name / "meminfo.txt").exists()
-    assert _no_control_masters() == []
+    assert control_masters(tmp_path / "ansible") == []
 
 
 def test_missing_binary_fails_at_the_copy_task(loopback_sshd, tmp_path):
@@ -206,9 +188,9 @@ def test_ctrl_c_cancels_the_play_and_leaves_no_process(loopback_sshd, tmp_path):
     try:
         assert time.monotonic() - started < 100
         time.sleep(1)
-        assert _processes_mentioning(str(workdir)) == []
-        assert _no_control_masters() == []
+        assert processes_mentioning(str(workdir)) == []
+        assert control_masters(workdir) == []
     finally:
         # the detached job on the "guest" side: a real guest is destroyed with it
-        for line in _processes_mentioning(str(tmp_path / "installed")):
+        for line in processes_mentioning(str(tmp_path / "installed")):
             os.kill(int(line.split(":")[0]), signal.SIGKILL)

@@ -13,6 +13,7 @@ to exit and their socket directory removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -187,6 +188,12 @@ def _failure_error(failure: dict[str, Any], stdout_log: Path) -> "PlaybookError 
     return PlaybookError(text, task=task, host=host, stderr_tail=tail, log=stdout_log)
 
 
+def control_dir_prefix(workdir: Path) -> str:
+    """Name prefix of a run's ControlMaster socket dir: short (sockets are limited to 108
+    bytes) and tied to the run, so its processes can be told from other runs'."""
+    return f"msl-cp-{hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:10]}-"
+
+
 def _close_control_masters(control_path_dir: Path) -> None:
     """Tell every ControlMaster of this run to exit; they live in their own session."""
     if not control_path_dir.is_dir():
@@ -217,7 +224,7 @@ def run_playbook(targets: Sequence[SshTarget], *, workdir: Path, extravars: dict
         target.require_files()
     workdir = Path(workdir)
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    control_path_dir = Path(tempfile.mkdtemp(prefix="msl-cp-"))
+    control_path_dir = Path(tempfile.mkdtemp(prefix=control_dir_prefix(workdir)))
     events = _Events(progress)
     stopper = _Stopper(workdir, timeout)
     started = time.monotonic()
