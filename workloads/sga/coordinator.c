@@ -122,14 +122,37 @@ static void sample_now(void)
     R.next_sample = t + R.sample_every;
 }
 
-/* PageTables now, and the page tables of everyone else at the same moment */
+/* PageTables now, and the page tables of everyone else at the same moment.  Our
+ * processes are still whenever this is called, so the true (PageTables - others) is
+ * constant: of five samples keep the median, which drops a process that started or
+ * exited elsewhere between the reads. */
+#define PT_SAMPLES 5
 static int64_t sample_pagetables(int64_t *others)
 {
-    int64_t o1 = others_pte_bytes();
-    int64_t pt = read_meminfo_kb("PageTables") * 1024;
-    int64_t o2 = others_pte_bytes();
-    *others = o1 >= 0 && o2 >= 0 ? (o1 + o2) / 2 : -1;
-    return pt;
+    int64_t pts[PT_SAMPLES], oth[PT_SAMPLES], ours[PT_SAMPLES];
+    for (int i = 0; i < PT_SAMPLES; i++) {
+        if (i)
+            usleep(10000);
+        int64_t o1 = others_pte_bytes();
+        pts[i] = read_meminfo_kb("PageTables") * 1024;
+        int64_t o2 = others_pte_bytes();
+        oth[i] = o1 >= 0 && o2 >= 0 ? (o1 + o2) / 2 : -1;
+        ours[i] = pts[i] - (oth[i] > 0 ? oth[i] : 0);
+    }
+    int best = 0;
+    for (int i = 0; i < PT_SAMPLES; i++) {
+        int below = 0, above = 0;
+        for (int j = 0; j < PT_SAMPLES; j++) {
+            below += ours[j] < ours[i];
+            above += ours[j] > ours[i];
+        }
+        if (below <= PT_SAMPLES / 2 && above <= PT_SAMPLES / 2) {
+            best = i;
+            break;
+        }
+    }
+    *others = oth[best];
+    return pts[best];
 }
 
 /* Page-table pages are freed after an RCU grace period (MMU_GATHER_RCU_TABLE_FREE):
