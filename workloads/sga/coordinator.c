@@ -981,7 +981,9 @@ int coordinator_run(struct config *cfg)
         return cleanup_and_report(interrupted ? 128 + interrupted : 0);
     }
 
-    /* clients: forked without the region, each attaches by itself */
+    /* clients: forked without the region, each attaches by itself.  Let page tables
+     * still being freed through RCU (an earlier run's clients) land first. */
+    settle_pagetables();
     R.pt_before = sample_pagetables(&R.oth_before);
     progress("attach");
     for (int i = 0; i < cfg->clients && !interrupted; i++) {
