@@ -5,16 +5,16 @@ inventory, the extra vars, the runner's event stream and the play's stdout are k
 the results. Host keys are always checked: every host carries its own known_hosts file
 and ``StrictHostKeyChecking=yes``.
 
-Nothing outlives a run: ansible-runner kills the play's process group on timeout or
-cancellation (Ctrl-C here cancels it), and the SSH ControlMaster processes, which detach
-into their own session and would otherwise linger for ControlPersist seconds, are told
-to exit and their socket directory removed.
+Nothing outlives a run: on timeout or Ctrl-C the play is cancelled through the runner
+(which kills its process group) and the Ansible workers, which setsid() out of that
+group, are killed by pid; the SSH ControlMaster processes, which detach into their own
+session and would otherwise linger for ControlPersist seconds, are told to exit and
+their socket directory is removed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -370,8 +370,3 @@ def _file_tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     except OSError:
         return "(no output)"
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.chmod(path, 0o644)
