@@ -57,6 +57,12 @@ def test_n1_groups_show_the_value_without_a_test(record_factory):
     assert "n<2, no test" in table
 
 
+def test_baseline_without_values_is_said(record_factory):
+    records = [record_factory(kernel="a", outcome="guest-hang", reason="timeout")] + runs(record_factory, "b", [1.0, 1.1])
+    row = compare(records, metrics=["pte_ratio"]).row("shmem/256M/x100/ram4G", "b", "pte_ratio")
+    assert row.p_value is None and row.change_pct is None and row.note == "the baseline has no value"
+
+
 def test_constant_samples_are_not_tested(record_factory):
     records = runs(record_factory, "a", [2.0, 2.0]) + runs(record_factory, "b", [2.0, 2.0])
     row = compare(records, metrics=["pte_ratio"]).row("shmem/256M/x100/ram4G", "b", "pte_ratio")

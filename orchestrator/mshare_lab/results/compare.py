@@ -133,7 +133,10 @@ def _against(row: GroupStat, base_values: list[float], has_baseline: bool) -> No
     if not has_baseline:
         row.note = "no baseline runs at this point"
         return
-    if not row.values or not base_values:
+    if not row.values:
+        return
+    if not base_values:
+        row.note = "the baseline has no value"     # e.g. every baseline run hung
         return
     base_mean = statistics.fmean(base_values)
     if base_mean != 0:
