@@ -743,7 +743,9 @@ static int all_acked(void)
 {
     int n = 0, running = 0;
     for (int i = 0; i < R.forked; i++) {
-        if (reaped[i] || atomic_load(&CTL->slots[i].state) != S_RUNNING)
+        /* a populated client not yet woken from the barrier must still take the change */
+        int st = atomic_load(&CTL->slots[i].state);
+        if (reaped[i] || (st != S_RUNNING && st != S_POPULATED))
             continue;
         running++;
         if (atomic_load(&CTL->slots[i].ack_ns))
