@@ -24,7 +24,7 @@ from .tools import run
 
 METAPACKAGE = "linux-image-cloud-amd64"
 #: bump when what fetch_debian keeps or records changes
-FETCH_RECIPE = 2
+FETCH_RECIPE = 3
 
 
 def resolve_package(metapackage: str = METAPACKAGE) -> tuple[str, str]:
@@ -125,5 +125,7 @@ def _keep_files(root: Path, stage: Path) -> str:
             target = stage / MODULES / "lib/modules" / release
             target.parent.mkdir(parents=True)
             shutil.copytree(modules, target, symlinks=True)
+            # the package leaves modules.dep to its postinst; modprobe in a guest needs it
+            run(["depmod", "-b", stage / MODULES, release], what="depmod")
             break
     return release
