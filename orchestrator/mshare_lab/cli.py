@@ -27,7 +27,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mshare-lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mshare-lab",
+        description="Prove, break and measure page-table sharing across processes.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
