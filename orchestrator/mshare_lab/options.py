@@ -17,7 +17,7 @@ from .errors import ConfigError, Location
 from .units import parse_size
 
 
-def _positive_int(value: Any) -> int:
+def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
         raise ValueError(f"'{value}' is not a whole number")
     number = int(value)
@@ -26,18 +26,18 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _size(value: Any) -> int:
+def size(value: Any) -> int:
     size = parse_size(value)
     if size <= 0:
         raise ValueError(f"'{value}' must be larger than 0")
     return size
 
 
-def _optional_size(value: Any) -> int | None:
-    return None if value in (None, "", "none") else _size(value)
+def optional_size(value: Any) -> int | None:
+    return None if value in (None, "", "none") else size(value)
 
 
-def _fraction(value: Any) -> float:
+def fraction(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -47,7 +47,7 @@ def _fraction(value: Any) -> float:
     return number
 
 
-def _seconds(value: Any) -> float:
+def seconds(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -57,8 +57,19 @@ def _seconds(value: Any) -> float:
     return number
 
 
-def _mechanism(value: Any) -> str:
+def mechanism(value: Any) -> str:
     return mechanisms.get(str(value)).name
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"'{value}' is not true or false")
 
 
 @dataclass(frozen=True)
@@ -75,13 +86,15 @@ class Option:
 
 
 WORKLOAD_OPTIONS: tuple[Option, ...] = (
-    Option("mechanism", _mechanism, "shmem", "sharing mechanism: " + ", ".join(mechanisms.NAMES), "NAME"),
-    Option("sga", _size, 256 << 20, "size of the shared region (e.g. 256M, 1G)", "SIZE"),
-    Option("clients", _positive_int, 100, "client processes that attach to the region", "N"),
-    Option("duration", _seconds, 5.0, "seconds of transactions after every client attached", "SECONDS"),
-    Option("populate", _fraction, 1.0, "fraction of the region each client touches before transactions", "FRACTION"),
-    Option("write_share", _fraction, 0.1, "share of transactions that write a block under the latch", "FRACTION"),
-    Option("memory_limit", _optional_size, None, "memory cgroup limit for the clients (reproduces an OOM)", "SIZE"),
+    Option("mechanism", mechanism, "shmem", "sharing mechanism: " + ", ".join(mechanisms.NAMES), "NAME"),
+    Option("sga", size, 256 << 20, "size of the shared region (e.g. 256M, 1G)", "SIZE"),
+    Option("clients", positive_int, 100, "client processes that attach to the region", "N"),
+    Option("duration", seconds, 5.0, "seconds of transactions after every client attached", "SECONDS"),
+    Option("populate", fraction, 1.0, "fraction of the region each client touches before transactions", "FRACTION"),
+    Option("write_share", fraction, 0.1, "share of transactions that write a block under the latch", "FRACTION"),
+    Option("memory_limit", optional_size, None, "memory cgroup limit for the clients (reproduces an OOM)", "SIZE"),
+    Option("oom_continue", boolean, False,
+           "keep going after the first client is OOM-killed (default: stop there and report)"),
 )
 
 
@@ -96,6 +109,7 @@ class WorkloadSpec:
     populate: float = 1.0
     write_share: float = 0.1
     memory_limit: int | None = None
+    oom_continue: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "WorkloadSpec":
@@ -115,6 +129,9 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
 def add_arguments(parser: argparse.ArgumentParser, options: tuple[Option, ...] = WORKLOAD_OPTIONS) -> None:
     for option in options:
+        if isinstance(option.default, bool):
+            parser.add_argument(option.flag, dest=option.key, action="store_true", help=option.help)
+            continue
         parser.add_argument(option.flag, dest=option.key, type=_argparse_type(option),
                             default=option.default, metavar=option.metavar,
                             help=f"{option.help} (default: {option.default})")
@@ -134,6 +151,21 @@ def parse_mapping(data: Mapping[str, Any], *, locate: Callable[[str], Location] 
         except ValueError as exc:
             raise ConfigError(f"{key}: {exc}", location=locate(key) if locate else None) from None
     return result
+
+
+def workload_argv(spec: WorkloadSpec) -> list[str]:
+    """The ``mshare-sga run`` flags of a spec, from the same declarations (host and guests)."""
+    argv: list[str] = []
+    for option in WORKLOAD_OPTIONS:
+        value = getattr(spec, option.key)
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(option.flag)
+        else:
+            # 5.0 -> "5": the C side parses integers for most flags
+            argv += [option.flag, str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)]
+    return argv
 
 
 def known_keys(options: tuple[Option, ...] = WORKLOAD_OPTIONS) -> set[str]:

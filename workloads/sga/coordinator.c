@@ -27,6 +27,10 @@ void release_private_mounts(const struct config *cfg);
 
 static volatile sig_atomic_t interrupted;
 static void on_interrupt(int sig) { interrupted = sig; }
+/* The first OOM kill is the event an OOM scenario reproduces. Going on would only let the
+ * OOM killer churn through the clients one by one (minutes under emulation, and a guest
+ * that thrashes in reclaim), so by default the run stops there and reports what it saw. */
+static int oom_stop;
 
 /* Everything measured so far: progress lines and the final document render this. */
 static struct run {
@@ -683,8 +687,11 @@ static void reap(void)
             continue;
         reaped[idx] = 1;
         R.reaped_count++;
-        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !teardown)
+        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !teardown) {
             R.killed++;
+            if (!C->oom_continue)
+                oom_stop = 1;
+        }
         else if (WIFSIGNALED(status) && !teardown)
             add_error("client %d died of signal %d", idx, WTERMSIG(status));
     }
@@ -697,7 +704,7 @@ static int wait_for(int (*done)(void), double timeout_s)
     int64_t deadline = now_ns() + (int64_t)(timeout_s * 1e9);
     double next_progress = since_start() + 1.0;
     while (!done()) {
-        if (interrupted || now_ns() > deadline)
+        if (interrupted || oom_stop || now_ns() > deadline)
             return -1;
         reap();
         sample_now();
@@ -1007,14 +1014,14 @@ int coordinator_run(struct config *cfg)
     }
     if (wait_for(all_ready, cfg->attach_timeout) == 0) {
         R.pt_ready = sample_pagetables(&R.oth_ready);
-    } else if (!interrupted) {
+    } else if (!interrupted && !oom_stop) {
         add_error("not every client started within %.0f s", cfg->attach_timeout);
     }
     /* attach+populate is timed from the release of the ready barrier */
     R.fork_ns = now_ns();
     set_phase(PH_ATTACH);
     if (wait_for(all_populated, cfg->attach_timeout) < 0) {
-        if (!interrupted) {
+        if (!interrupted && !oom_stop) {
             add_error("not every client populated within %.0f s", cfg->attach_timeout);
             R.outcome = OUT_ERROR;
             snprintf(R.reason, sizeof R.reason, "attach/populate timed out after %.0f s", cfg->attach_timeout);
@@ -1025,6 +1032,13 @@ int coordinator_run(struct config *cfg)
         R.outcome = OUT_ERROR;
         snprintf(R.reason, sizeof R.reason, "interrupted by signal %d", (int)interrupted);
         return cleanup_and_report(128 + interrupted);
+    }
+    if (oom_stop) {
+        /* settle a moment so the kernel's count of this OOM episode is complete */
+        usleep(200000);
+        reap();
+        progress("oom");
+        return cleanup_and_report(0);
     }
     /* the barrier: everyone populated and waiting, nothing else of ours moving */
     R.pt_after = sample_pagetables(&R.oth_after);
@@ -1037,6 +1051,10 @@ int coordinator_run(struct config *cfg)
         int64_t go = now_ns();
         progress("transactions");
         wait_for(never, cfg->duration);
+        if (oom_stop) {
+            progress("oom");
+            return cleanup_and_report(0);
+        }
 
         /* protection change across all clients, timed until the last one runs with it */
         int64_t p0 = now_ns();

@@ -13,6 +13,7 @@ static const char USAGE[] =
     "                      [--write-share F] [--memory-limit BYTES] [--json PATH]\n"
     "                      [--mshare-syscall-nr NR_MSHARE,NR_UNLINK] [--msharefs-ioctl-abi 2024|2025]\n"
     "                      [--ptshare-flag HEX] [--attach-timeout S] [--sample-interval S]\n"
+    "                      [--oom-continue]\n"
     "       mshare-sga probe [kernel-parameter flags] [--json PATH]\n"
     "       mshare-sga floor --sga BYTES --clients N   (fork-and-touch floor, JSON on stdout)\n";
 
@@ -74,7 +75,7 @@ int main(int argc, char **argv)
     cfg.nr_mshare = cfg.nr_mshare_unlink = -1;
     cfg.ptshare_flag = 0x200000;
 
-    enum { O_MECH = 1, O_SGA, O_CLIENTS, O_DUR, O_POP, O_WS, O_MEMLIM, O_JSON, O_NR, O_ABI, O_PT, O_AT, O_SI };
+    enum { O_MECH = 1, O_SGA, O_CLIENTS, O_DUR, O_POP, O_WS, O_MEMLIM, O_JSON, O_NR, O_ABI, O_PT, O_AT, O_SI, O_OOMC };
     static const struct option opts[] = {
         { "mechanism", required_argument, 0, O_MECH }, { "sga", required_argument, 0, O_SGA },
         { "clients", required_argument, 0, O_CLIENTS }, { "duration", required_argument, 0, O_DUR },
@@ -83,7 +84,8 @@ int main(int argc, char **argv)
         { "mshare-syscall-nr", required_argument, 0, O_NR },
         { "msharefs-ioctl-abi", required_argument, 0, O_ABI },
         { "ptshare-flag", required_argument, 0, O_PT }, { "attach-timeout", required_argument, 0, O_AT },
-        { "sample-interval", required_argument, 0, O_SI }, { 0, 0, 0, 0 },
+        { "sample-interval", required_argument, 0, O_SI },
+        { "oom-continue", no_argument, 0, O_OOMC }, { 0, 0, 0, 0 },
     };
     optind = 2;
     int c;
@@ -147,6 +149,9 @@ int main(int argc, char **argv)
         case O_SI:
             if (parse_double(optarg, 0.01, 60, &cfg.sample_interval))
                 return usage_error("--sample-interval: '%s' is not a number of seconds", optarg);
+            break;
+        case O_OOMC:
+            cfg.oom_continue = 1;
             break;
         default:
             fputs(USAGE, stderr);

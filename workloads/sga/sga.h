@@ -44,6 +44,7 @@ struct config {
     uint64_t memory_limit;       /* 0 = none */
     double attach_timeout;
     double sample_interval;
+    int oom_continue;            /* keep going after the first OOM kill (default: stop there) */
     const char *json_path;
     /* kernel parameters, never guessed */
     long nr_mshare, nr_mshare_unlink;  /* -1 when not given */

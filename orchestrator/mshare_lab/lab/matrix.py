@@ -161,7 +161,7 @@ def _flag(value: Any) -> bool:
 
 
 def _timeout(value: Any) -> float:
-    seconds = options._seconds(value)   # the workload's own seconds parser: one spelling
+    seconds = options.seconds(value)   # the workload's own seconds parser: one spelling
     if seconds <= 0:
         raise ValueError(f"'{value}' must be more than 0 seconds")
     return seconds
@@ -171,8 +171,8 @@ IMAGES = ("micro", "debian")
 _SHAPE = GuestShape()
 
 GUEST_OPTIONS: tuple[Option, ...] = (
-    Option("ram", options._size, _SHAPE.memory, "guest RAM (e.g. 1G, 4G)", "SIZE"),
-    Option("vcpus", options._positive_int, _SHAPE.vcpus, "guest virtual CPUs", "N"),
+    Option("ram", options.size, _SHAPE.memory, "guest RAM (e.g. 1G, 4G)", "SIZE"),
+    Option("vcpus", options.positive_int, _SHAPE.vcpus, "guest virtual CPUs", "N"),
     Option("image", _image, _SHAPE.image, "guest image: micro (initramfs) or debian (disk, Ansible)", "NAME"),
     Option("timeout", _timeout, _SHAPE.timeout, "seconds before a run is declared a guest-hang", "SECONDS"),
     Option("hugepage_backing", _flag, _SHAPE.hugepage_backing, "back guest RAM with host huge pages", "BOOL"),
@@ -372,7 +372,7 @@ class _Entry:
 
     def _repeats(self, raw: LineMap, value: Any) -> int:
         try:
-            return options._positive_int(value)
+            return options.positive_int(value)
         except ValueError as exc:
             raise ConfigError(f"repeats: {exc}", location=self.where(raw.line_of("repeats")),
                               hint="repeats is one whole number (runs of the same point)") from None

@@ -29,7 +29,7 @@ from ..errors import InfraError, NotFoundError
 from ..guest import console as serial
 from ..guest.domain import DomainSpec, owner_metadata
 from ..guest.libvirt_driver import LibvirtDriver
-from ..options import WORKLOAD_OPTIONS, WorkloadSpec
+from ..options import WorkloadSpec, workload_argv
 from . import expectations
 from .outcome import Classification, Evidence, classify
 from .progress import LiveBoard, ProgressThrottle
@@ -60,31 +60,12 @@ def _quiet(_line: str) -> None:
 
 def workload_args(spec: WorkloadSpec) -> list[str]:
     """``mshare-sga run`` flags for a workload spec, from the one option declaration."""
-    argv: list[str] = []
-    for option in WORKLOAD_OPTIONS:
-        value = getattr(spec, option.key)
-        if value is not None:
-            argv += [option.flag, _number(value)]
-    return argv
-
-
-def _number(value: Any) -> str:
-    # 5.0 -> "5": the C side parses integers for most flags
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return workload_argv(spec)
 
 
 def kernel_flags(mechanisms: dict[str, Any]) -> list[str]:
     """The kernel-parameter flags of a kernel (syscall numbers, ioctl ABI, MAP_SHARED_PT)."""
-    try:
-        from ..workload.build import kernel_flags as flags
-    except ImportError as exc:
-        if any(mechanisms.get(name) for name in mechanisms):
-            raise NotFoundError("mshare_lab.workload.build is not installed, so the kernel's mechanism "
-                                "parameters cannot be passed to the workload",
-                                hint="the workload area must land first") from exc
-        return []   # a stock kernel has no parameters to pass
+    from ..workload.build import kernel_flags as flags
     return list(flags(mechanisms))
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import LimitError, ToolError
 from ..frames import progress_events
-from ..options import WorkloadSpec
+from ..options import WorkloadSpec, workload_argv
 from .build import ensure_binary
 from .result import WorkloadResult
 
@@ -34,12 +34,7 @@ STOP_GRACE_S = 30.0
 
 def spec_args(spec: WorkloadSpec) -> list[str]:
     """``mshare-sga run`` flags for a spec."""
-    args = ["--mechanism", spec.mechanism, "--sga", str(spec.sga), "--clients", str(spec.clients),
-            "--duration", repr(float(spec.duration)), "--populate", repr(float(spec.populate)),
-            "--write-share", repr(float(spec.write_share))]
-    if spec.memory_limit:
-        args += ["--memory-limit", str(spec.memory_limit)]
-    return args
+    return workload_argv(spec)
 
 
 def run_local(spec: WorkloadSpec, json_path: Path | str | None = None, progress: Progress | None = None,
