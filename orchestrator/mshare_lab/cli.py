@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"mshare-lab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `mshare-lab results export --csv | head`: the reader left; not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mshare-lab: interrupted; cleaned up what this run started", file=sys.stderr)
         return 130
