@@ -7,7 +7,6 @@ needs a built kernel shares it; the build is a cache hit when the artifact exist
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 from mshare_lab.kernel import source
 from mshare_lab.kernel.build import BuildRequest, build_kernel
 
-TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
-FIXTURES = Path(__file__).parent / "fixtures"
-MARKER = "MSHARE-LAB-TEST-MARKER"
+from kernel_helpers import FIXTURES, TARBALL
+
 
 
 @pytest.fixture(scope="session")
@@ -61,5 +59,3 @@ def marker_kernel(tarball) -> BuiltKernel:
     return BuiltKernel(artifact, lines, time.monotonic() - started)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, MARKER, sha256_of
+from kernel_helpers import FIXTURES, MARKER, sha256_of
 from mshare_lab.kernel import store
 from mshare_lab.kernel.build import BuildRequest, build_kernel
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, sha256_of
+from kernel_helpers import FIXTURES, sha256_of
 from mshare_lab.errors import ConfigDroppedError, PatchError
 from mshare_lab.kernel import store
 from mshare_lab.kernel.build import BuildRequest, build_kernel

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .. import frames, paths
 from ..guest import console
-from ..errors import ConfigError, NotFoundError, ToolError
+from ..errors import ConfigError, NotFoundError
 from . import cache
 from .cpio import newc_gz
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..processes import pid_alive
 from ..errors import ConfigDroppedError, ConfigError, NotFoundError
 from ..paths import REPO_ROOT, kernels_dir
 from . import detect, kconfig, source, store
@@ -209,18 +210,8 @@ def _sweep_dead(root: Path) -> None:
     """Work dirs of builds whose process died without cleaning (kill -9, power loss)."""
     for entry in root.iterdir():
         pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

@@ -149,17 +149,6 @@ def _image(value: Any) -> str:
     return str(value)
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"'{value}' must be true or false")
-
-
 def _timeout(value: Any) -> float:
     seconds = options.seconds(value)   # the workload's own seconds parser: one spelling
     if seconds <= 0:
@@ -175,7 +164,7 @@ GUEST_OPTIONS: tuple[Option, ...] = (
     Option("vcpus", options.positive_int, _SHAPE.vcpus, "guest virtual CPUs", "N"),
     Option("image", _image, _SHAPE.image, "guest image: micro (initramfs) or debian (disk, Ansible)", "NAME"),
     Option("timeout", _timeout, _SHAPE.timeout, "seconds before a run is declared a guest-hang", "SECONDS"),
-    Option("hugepage_backing", _flag, _SHAPE.hugepage_backing, "back guest RAM with host huge pages", "BOOL"),
+    Option("hugepage_backing", options.boolean, _SHAPE.hugepage_backing, "back guest RAM with host huge pages", "BOOL"),
 )
 
 #: GuestShape field for each guest option key (the YAML says ram, the model says memory)
