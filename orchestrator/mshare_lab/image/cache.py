@@ -28,11 +28,8 @@ def content_hash(parts: list[bytes]) -> str:
 
 
 def file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
+        return hashlib.file_digest(fh, "sha256").digest()
 
 
 @dataclass(frozen=True)
