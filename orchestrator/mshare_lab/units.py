@@ -40,3 +40,55 @@ def short_size(num_bytes: int) -> str:
         if num_bytes >= factor and num_bytes % factor == 0:
             return f"{num_bytes // factor}{unit}"
     return str(num_bytes)
+
+
+# --- times, rates and counts, for the tables and the report ----------------------------------
+
+def format_seconds(seconds: float) -> str:
+    """27.4 -> '27.4 s', 0.0032 -> '3.2 ms', 252 -> '4 min 12 s': the unit a person reads."""
+    value = float(seconds)
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0 s"
+    if magnitude < 1e-3:
+        return f"{value * 1e6:.3g} µs"
+    if magnitude < 1:
+        return f"{value * 1e3:.3g} ms"
+    if magnitude < 60:
+        return f"{value:.3g} s" if magnitude < 10 else f"{value:.1f} s"
+    if magnitude < 3600:
+        minutes, rest = divmod(round(magnitude), 60)
+        return f"{'-' if value < 0 else ''}{minutes} min {rest} s"
+    hours, rest = divmod(round(magnitude / 60), 60)
+    return f"{'-' if value < 0 else ''}{hours} h {rest:02d} min"
+
+
+def format_microseconds(us: float) -> str:
+    """A duration the workload reports in µs (protect_change_us, latency_us.*)."""
+    return format_seconds(float(us) / 1e6)
+
+
+def format_number(value: float) -> str:
+    """1234567 -> '1,234,567'; 0.0246 -> '0.0246': counts and plain ratios."""
+    value = float(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def format_metric(name: str, value: float | int | None) -> str:
+    """A result metric by its dotted name (``*_bytes``, ``*_us``, ``*_s``, ``*_tps``), '-' for None."""
+    if value is None or isinstance(value, bool):
+        return "-" if value is None else str(value).lower()
+    return metric_formatter(name)(value)
+
+
+def metric_formatter(name: str):
+    """The formatter ``format_metric`` uses for ``name``: for columns of one metric."""
+    if "_bytes" in name:
+        return format_size
+    if name.endswith("_us") or name.startswith("latency_us."):
+        return format_microseconds
+    if name.endswith("_s") or name.endswith("seconds"):
+        return format_seconds
+    if name.endswith("_tps"):
+        return lambda v: f"{format_number(v)} tx/s"
+    return format_number

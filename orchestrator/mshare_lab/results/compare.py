@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from ..errors import ConfigError, NotFoundError
 from ..lab.expectations import METRICS, metric_value
 from ..lab.record import RunRecord
-from ..units import format_size, short_size
+from ..units import metric_formatter, short_size
 
 AXES = ("kernel", "mechanism")
 OOM = "oom"      # pseudo-metric: the share of runs that ended in an OOM
@@ -200,23 +200,5 @@ def _excluded(comparison: Comparison) -> str:
 
 
 def _formatter(metric: str) -> Callable[[float], str]:
-    if "_bytes" in metric:
-        return format_size
-    if metric.endswith("_us") or metric.startswith("latency_us."):
-        return _microseconds
-    if metric.endswith("_s") or metric.endswith("seconds"):
-        return lambda v: f"{v:.3g} s"
-    return _plain
-
-
-def _microseconds(value: float) -> str:
-    # protection changes over thousands of clients take seconds: show them as such
-    if abs(value) >= 1e6:
-        return f"{value / 1e6:.3g} s"
-    if abs(value) >= 1e3:
-        return f"{value / 1e3:.3g} ms"
-    return f"{value:.3g} µs"
-
-
-def _plain(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    # one set of human units for the table, `results show` and the report
+    return metric_formatter(metric)
