@@ -77,6 +77,9 @@ static struct control *CTL;
 static size_t ctl_bytes;
 static pid_t owner_pid = -1;
 static pid_t clients_pgid;   /* the clients' own process group: one kill() reaches all */
+    /* when each phase began, on the time series' clock: the report marks them on its plots */
+    struct { const char *name; double t; } marks[16];
+    int nmarks;
 static int *reaped;          /* per client: 0 alive, 1 reaped */
 static int teardown;         /* kills from here on are ours, not the OOM killer's */
 
@@ -380,6 +383,11 @@ static void progress(const char *phase)
     R.phase = phase;
     struct jbuf b = { 0 };
     render(&b, 0);
+        jb_key(b, "phases");
+        jb_obj_begin(b);
+        for (int i = 0; i < R.nmarks; i++)
+            jb_num(b, R.marks[i].name, R.marks[i].t);
+        jb_obj_end(b);
     fprintf(stderr, "MSHARE-LAB-PROGRESS %s\n", b.s);
     fflush(stderr);
     jb_free(&b);
@@ -388,6 +396,11 @@ static void progress(const char *phase)
 static int write_document(void)
 {
     struct jbuf b = { 0 };
+    if (R.nmarks < (int)(sizeof R.marks / sizeof R.marks[0]) &&
+        (R.nmarks == 0 || strcmp(R.marks[R.nmarks - 1].name, phase) != 0)) {
+        R.marks[R.nmarks].name = phase;
+        R.marks[R.nmarks++].t = since_start();
+    }
     render(&b, 1);
     jb_raw(&b, "\n");
     int rc = 0;
