@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -26,7 +27,9 @@ void release_private_mounts(const struct config *cfg);
 #define MAX_RESTORE 8
 
 static volatile sig_atomic_t interrupted;
-static void on_interrupt(int sig) { interrupted = sig; }
+/* the first signal names the interruption: a Ctrl-C followed by the supervisor's SIGTERM
+ * is still a SIGINT */
+static void on_interrupt(int sig) { if (!interrupted) interrupted = sig; }
 /* The first OOM kill is the event an OOM scenario reproduces. Going on would only let the
  * OOM killer churn through the clients one by one (minutes under emulation, and a guest
  * that thrashes in reclaim), so by default the run stops there and reports what it saw. */
@@ -45,6 +48,10 @@ static struct run {
     int64_t pt_before, pt_after, pt_peak, pt_parked, pt_detached;   /* bytes, -1 unknown */
     int64_t oth_before, oth_after, oth_parked, oth_detached;        /* others' VmPTE sums */
     int64_t pt_ready, oth_ready;    /* every client forked, nothing attached yet */
+    int64_t free_before, free_ready;   /* MemFree around forking the clients */
+    /* per-client cost at the ready barrier, medians over the clients sampled */
+    int cost_sampled;
+    int64_t cost_rss, cost_anon, cost_private, cost_pte, cost_stk;
     int64_t fixed_pte;
     int64_t vm_min, vm_med, vm_max, vm_sum;
     double attach_populate_s;
@@ -70,6 +77,9 @@ static struct run {
     double sample_every, next_sample;
     double ts_t[MAX_SAMPLES];
     int64_t ts_pt[MAX_SAMPLES], ts_free[MAX_SAMPLES], ts_oom[MAX_SAMPLES];
+    /* when each phase began, on the time series' clock: the report marks them on its plots */
+    struct { const char *name; double t; } marks[16];
+    int nmarks;
 } R;
 
 static struct config *C;
@@ -77,9 +87,6 @@ static struct control *CTL;
 static size_t ctl_bytes;
 static pid_t owner_pid = -1;
 static pid_t clients_pgid;   /* the clients' own process group: one kill() reaches all */
-    /* when each phase began, on the time series' clock: the report marks them on its plots */
-    struct { const char *name; double t; } marks[16];
-    int nmarks;
 static int *reaped;          /* per client: 0 alive, 1 reaped */
 static int teardown;         /* kills from here on are ours, not the OOM killer's */
 
@@ -191,6 +198,8 @@ static uint64_t working_set(void)
     return ws > C->size ? C->size & ~4095ull : ws;
 }
 
+static void render_client_cost(struct jbuf *b, int64_t fixed_global);
+
 static void render(struct jbuf *b, int final)
 {
     uint64_t ws = working_set();
@@ -281,6 +290,7 @@ static void render(struct jbuf *b, int final)
     jb_num(b, "pte_ratio", have_pt && theory ? (double)region / (double)theory : NAN);
     jb_num(b, "pte_ratio_raw", have_pt && theory ? (double)delta / (double)theory : NAN);
     jb_bool(b, "sharing_verified", verified);
+    render_client_cost(b, have_ready ? fixed_global : 0);
     jb_key(b, "vmpte_bytes");
     jb_obj_begin(b);
     jb_int(b, "min", R.vm_min);
@@ -373,6 +383,11 @@ static void render(struct jbuf *b, int final)
         for (int i = 0; i < R.ns; i++)
             jb_elem_int(b, R.ts_oom[i]);
         jb_arr_end(b);
+        jb_key(b, "phases");
+        jb_obj_begin(b);
+        for (int i = 0; i < R.nmarks; i++)
+            jb_num(b, R.marks[i].name, R.marks[i].t);
+        jb_obj_end(b);
         jb_obj_end(b);
     }
     jb_obj_end(b);
@@ -381,13 +396,13 @@ static void render(struct jbuf *b, int final)
 static void progress(const char *phase)
 {
     R.phase = phase;
+    if (R.nmarks < (int)(sizeof R.marks / sizeof R.marks[0]) &&
+        (R.nmarks == 0 || strcmp(R.marks[R.nmarks - 1].name, phase) != 0)) {
+        R.marks[R.nmarks].name = phase;
+        R.marks[R.nmarks++].t = since_start();
+    }
     struct jbuf b = { 0 };
     render(&b, 0);
-        jb_key(b, "phases");
-        jb_obj_begin(b);
-        for (int i = 0; i < R.nmarks; i++)
-            jb_num(b, R.marks[i].name, R.marks[i].t);
-        jb_obj_end(b);
     fprintf(stderr, "MSHARE-LAB-PROGRESS %s\n", b.s);
     fflush(stderr);
     jb_free(&b);
@@ -396,11 +411,6 @@ static void progress(const char *phase)
 static int write_document(void)
 {
     struct jbuf b = { 0 };
-    if (R.nmarks < (int)(sizeof R.marks / sizeof R.marks[0]) &&
-        (R.nmarks == 0 || strcmp(R.marks[R.nmarks - 1].name, phase) != 0)) {
-        R.marks[R.nmarks].name = phase;
-        R.marks[R.nmarks++].t = since_start();
-    }
     render(&b, 1);
     jb_raw(&b, "\n");
     int rc = 0;
@@ -418,6 +428,62 @@ static int write_document(void)
     }
     jb_free(&b);
     return rc;
+}
+
+/* ---- host state for gc ------------------------------------------------------------------ */
+
+static char cg2_mount[300];   /* a cgroup2 mount we made (private namespace), or "" */
+
+/* What this run creates on the host, written (atomically) before each thing is created:
+ * after a SIGKILL of this process, `mshare-lab gc` reads it to remove the region file, the
+ * SysV segment, the cgroup and the temporary directories, and to put raised sysctls back. */
+static void save_state(void)
+{
+    if (!C || !C->state_path)
+        return;
+    char start[32] = "", stat[1024];
+    if (read_file_str("/proc/self/stat", stat, sizeof stat) > 0) {
+        /* field 22 (starttime) counts from after the ")" that ends the command name */
+        char *p = strrchr(stat, ')');
+        for (int field = 2; p && field < 22; field++)
+            p = strchr(p + 1, ' ');
+        if (p)
+            snprintf(start, sizeof start, "%lld", strtoll(p + 1, NULL, 10));
+    }
+    struct jbuf b = { 0 };
+    jb_obj_begin(&b);
+    jb_str(&b, "schema", "mshare-lab/host-state");
+    jb_int(&b, "coordinator_pid", getpid());
+    jb_str(&b, "coordinator_start", start);
+    jb_str(&b, "mechanism", C->mechanism);
+    jb_str(&b, "region_path", C->path[0] ? C->path : NULL);
+    if (strcmp(C->mechanism, "sysv") == 0 || strcmp(C->mechanism, "hugetlb") == 0)
+        jb_int(&b, "sysv_key", C->sysv_key);
+    else
+        jb_null(&b, "sysv_key");
+    jb_str(&b, "tmp_dir", C->shm_dir[0] && strcmp(C->shm_dir, "/dev/shm") ? C->shm_dir : NULL);
+    jb_str(&b, "cgroup_mount_dir", cg2_mount[0] ? cg2_mount : NULL);
+    jb_str(&b, "cgroup", R.cg_dir[0] ? R.cg_dir : NULL);
+    jb_key(&b, "limits_raised");
+    jb_arr_begin(&b);
+    for (int i = 0; i < R.nrestore; i++) {
+        jb_key(&b, NULL);
+        jb_obj_begin(&b);
+        jb_str(&b, "path", R.restore[i].path);
+        jb_str(&b, "from", R.restore[i].old);
+        jb_str(&b, "to", R.restore[i].now);
+        jb_obj_end(&b);
+    }
+    jb_arr_end(&b);
+    jb_obj_end(&b);
+    jb_raw(&b, "\n");
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", C->state_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fwrite(b.s, 1, b.len, f) != b.len || fflush(f) != 0 || fsync(fileno(f)) != 0
+        || fclose(f) != 0 || rename(tmp, C->state_path) < 0)
+        add_error("cannot write the host state file %s: %s", C->state_path, strerror(errno));
+    jb_free(&b);
 }
 
 /* ---- limits ---------------------------------------------------------------------------- */
@@ -438,12 +504,17 @@ static int raise_sysctl(const char *path, int64_t value)
         return -1;
     old[strcspn(old, "\n")] = 0;
     snprintf(now, sizeof now, "%lld", (long long)value);
-    if (write_file_str(path, now) < 0)
-        return -1;
     snprintf(R.restore[R.nrestore].path, sizeof R.restore[0].path, "%s", path);
     snprintf(R.restore[R.nrestore].old, sizeof R.restore[0].old, "%s", old);
     snprintf(R.restore[R.nrestore].now, sizeof R.restore[0].now, "%s", now);
+    /* recorded before it is changed: a SIGKILL right after the write leaves gc the way back */
     R.nrestore++;
+    save_state();
+    if (write_file_str(path, now) < 0) {
+        R.nrestore--;
+        save_state();
+        return -1;
+    }
     return 0;
 }
 
@@ -487,7 +558,7 @@ static int check_limits(char *msg, size_t len)
     }
     int64_t pid_max = read_sysctl("/proc/sys/kernel/pid_max");
     if (pid_max > 0 && threads + need > pid_max) {
-        int64_t want = (threads + need) * 2;
+        int64_t want = threads + need;   /* what this run needs, no more */
         if (!root || raise_sysctl("/proc/sys/kernel/pid_max", want) < 0)
             return refuse(msg, len, "kernel.pid_max %lld is too small for %lld more processes "
                           "(%lld running); raise it: sysctl kernel.pid_max=%lld",
@@ -495,7 +566,7 @@ static int check_limits(char *msg, size_t len)
     }
     int64_t threads_max = read_sysctl("/proc/sys/kernel/threads-max");
     if (threads_max > 0 && threads + need > threads_max) {
-        int64_t want = (threads + need) * 2;
+        int64_t want = threads + need;
         if (!root || raise_sysctl("/proc/sys/kernel/threads-max", want) < 0)
             return refuse(msg, len, "kernel.threads-max %lld is too small for %lld more processes; "
                           "raise it: sysctl kernel.threads-max=%lld",
@@ -513,10 +584,10 @@ static int check_limits(char *msg, size_t len)
         int64_t shmall = read_sysctl("/proc/sys/kernel/shmall");
         int64_t pages = (int64_t)(C->map_size / 4096);
         if (shmall >= 0 && shmall < pages
-            && (!root || raise_sysctl("/proc/sys/kernel/shmall", pages * 2) < 0))
+            && (!root || raise_sysctl("/proc/sys/kernel/shmall", pages) < 0))
             return refuse(msg, len, "kernel.shmall %lld pages is below the region's %lld pages; raise "
                           "it: sysctl kernel.shmall=%lld", (long long)shmall, (long long)pages,
-                          (long long)pages * 2);
+                          (long long)pages);
     }
 
     if (strcmp(C->mechanism, "hugetlb") == 0) {
@@ -593,8 +664,6 @@ static int own_cgroup(int v2, char *out, size_t len)
     return -1;
 }
 
-static char cg2_mount[300];   /* a cgroup2 mount we made (private namespace), or "" */
-
 static int setup_cgroup(char *msg, size_t len)
 {
     char mnt[512], own[1024], path[1536], buf[512], limit[32];
@@ -602,6 +671,7 @@ static int setup_cgroup(char *msg, size_t len)
     /* a minimal guest may mount no cgroup at all: mount cgroup2 where only we see it */
     if (find_mount(1, mnt, sizeof mnt) < 0 && find_mount(0, mnt, sizeof mnt) < 0 && geteuid() == 0
         && make_tmp_dir(cg2_mount, sizeof cg2_mount) == 0) {
+        save_state();
         if (mount("cgroup2", cg2_mount, "cgroup2", 0, NULL) < 0) {
             rmdir(cg2_mount);
             cg2_mount[0] = 0;
@@ -614,6 +684,7 @@ static int setup_cgroup(char *msg, size_t len)
             snprintf(path, sizeof path, "%s%s/cgroup.subtree_control", mnt, own);
             write_file_str(path, "+memory");
             snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
+            save_state();
             if (mkdir(R.cg_dir, 0755) < 0)
                 return refuse(msg, len, "memory cgroup: mkdir %s: %s", R.cg_dir, strerror(errno));
             R.cg_version = "v2";
@@ -629,6 +700,7 @@ static int setup_cgroup(char *msg, size_t len)
     }
     if (find_mount(0, mnt, sizeof mnt) == 0 && own_cgroup(0, own, sizeof own) == 0) {
         snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
+        save_state();
         if (mkdir(R.cg_dir, 0755) < 0)
             return refuse(msg, len, "memory cgroup: mkdir %s: %s (run as root)", R.cg_dir, strerror(errno));
         R.cg_version = "v1";
@@ -858,6 +930,85 @@ static void aggregate_transactions(void)
     R.p99 = hist_quantile_us(hist, 0.99);
 }
 
+/* ---- what one client costs ------------------------------------------------------------ */
+
+#define COST_SAMPLES 256
+#define KERNEL_STACK_BYTES (16 << 10)   /* THREAD_SIZE on x86_64: one kernel stack per task */
+
+static int64_t median_of(int64_t *v, int n)
+{
+    if (n == 0)
+        return -1;
+    qsort(v, (size_t)n, sizeof *v, cmp_i64);
+    return v[n / 2];
+}
+
+/* At the ready barrier every client exists and none has attached: what each one holds now
+ * is the fixed cost a run pays per client whatever the mechanism.  Up to COST_SAMPLES
+ * clients, evenly spread, are read (smaps_rollup walks page tables; thousands would take
+ * long on an emulated CPU).  Private_* of smaps_rollup counts pages mapped by this process
+ * only: COW pages still shared with the coordinator are not counted, unlike RssAnon. */
+static void measure_client_cost(void)
+{
+    static int64_t rss[COST_SAMPLES], anon[COST_SAMPLES], priv[COST_SAMPLES], pte[COST_SAMPLES],
+        stk[COST_SAMPLES];
+    int n = 0;
+    int step = R.forked > COST_SAMPLES ? R.forked / COST_SAMPLES : 1;
+    for (int i = 0; i < R.forked && n < COST_SAMPLES; i += step) {
+        pid_t pid = CTL->slots[i].pid;
+        if (reaped[i] || pid <= 0 || atomic_load(&CTL->slots[i].state) != S_READY)
+            continue;
+        int64_t r = read_proc_kb(pid, "status", "VmRSS"), a = read_proc_kb(pid, "status", "RssAnon");
+        int64_t t = read_proc_kb(pid, "status", "VmPTE"), k = read_proc_kb(pid, "status", "VmStk");
+        int64_t pc = read_proc_kb(pid, "smaps_rollup", "Private_Clean");
+        int64_t pd = read_proc_kb(pid, "smaps_rollup", "Private_Dirty");
+        if (r < 0 || a < 0 || t < 0)
+            continue;
+        rss[n] = r * 1024;
+        anon[n] = a * 1024;
+        pte[n] = t * 1024;
+        stk[n] = k < 0 ? 0 : k * 1024;
+        priv[n] = pc >= 0 && pd >= 0 ? (pc + pd) * 1024 : a * 1024;
+        n++;
+    }
+    R.cost_sampled = n;
+    R.cost_rss = median_of(rss, n);
+    R.cost_anon = median_of(anon, n);
+    R.cost_private = median_of(priv, n);
+    R.cost_pte = median_of(pte, n);
+    R.cost_stk = median_of(stk, n);
+}
+
+static void render_client_cost(struct jbuf *b, int64_t fixed_global)
+{
+    jb_key(b, "client_cost");
+    if (!R.cost_sampled) {
+        jb_raw(b, "null");
+        b->need_comma = 1;
+        return;
+    }
+    int clients = R.forked > 0 ? R.forked : 1;
+    /* page tables per client from the global PageTables at the barrier (it counts the PGD,
+     * which VmPTE leaves out); the VmPTE median when that sample is missing */
+    int64_t pt = fixed_global > 0 ? fixed_global / clients : R.cost_pte;
+    int64_t parts = R.cost_private + pt + KERNEL_STACK_BYTES;
+    int64_t memfree = R.free_before > 0 && R.free_ready > 0 ? (R.free_before - R.free_ready) / clients : -1;
+    jb_obj_begin(b);
+    jb_int(b, "clients_sampled", R.cost_sampled);
+    jb_int(b, "rss_bytes", R.cost_rss);
+    jb_int(b, "rss_anon_bytes", R.cost_anon);
+    jb_int(b, "private_bytes", R.cost_private);
+    jb_int(b, "vmpte_bytes", R.cost_pte);
+    jb_int(b, "vmstk_bytes", R.cost_stk);
+    jb_int(b, "fixed_pagetables_bytes", pt);
+    jb_int(b, "kernel_stack_bytes", KERNEL_STACK_BYTES);
+    jb_int(b, "memfree_drop_bytes", memfree);
+    /* the larger of the parts and the MemFree drop: the drop also holds the kernel's
+     * per-task objects (task_struct, mm, VMAs), the parts hold when other activity blurs it */
+    jb_int(b, "per_client_bytes", memfree > parts ? memfree : parts);
+    jb_obj_end(b);
+}
+
 /* ---- the run ------------------------------------------------------------------------------ */
 
 static void init_run(struct config *cfg)
@@ -930,6 +1081,9 @@ static int cleanup_and_report(int exit_code)
     if (CTL)
         munmap(CTL, ctl_bytes);
     CTL = NULL;
+    /* everything is gone: nothing left for gc */
+    if (C->state_path)
+        unlink(C->state_path);
     if (exit_code == 3)
         return 3;
     finish_outcome();
@@ -948,6 +1102,11 @@ int coordinator_run(struct config *cfg)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    /* a supervisor that died closes our stderr: the next progress line must end the run
+     * through the cleanup, not kill it with the region still there */
+    sigaction(SIGPIPE, &sa, NULL);
+    /* a supervisor killed with SIGKILL cannot stop us: the kernel sends SIGTERM instead */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     signal(SIGUSR1, SIG_IGN);
     /* what the coordinator measured must survive the OOM it provokes */
     write_file_str("/proc/self/oom_score_adj", "-1000");
@@ -961,12 +1120,14 @@ int coordinator_run(struct config *cfg)
         snprintf(R.reason, sizeof R.reason, "%s", msg);
         return cleanup_and_report(0);
     }
+    save_state();
     progress("probe");
     if (R.mech->probe(cfg, R.reason, sizeof R.reason) != 0) {
         R.outcome = OUT_UNSUPPORTED;
         return cleanup_and_report(0);
     }
     R.reason[0] = 0;
+    save_state();   /* the region path and SysV key are known now, before the owner makes them */
     int rc = check_limits(msg, sizeof msg);
     if (rc == 0 && cfg->memory_limit)
         rc = setup_cgroup(msg, sizeof msg);
@@ -1005,6 +1166,7 @@ int coordinator_run(struct config *cfg)
      * still being freed through RCU (an earlier run's clients) land first. */
     settle_pagetables();
     R.pt_before = sample_pagetables(&R.oth_before);
+    R.free_before = read_meminfo_kb("MemFree") * 1024;
     progress("attach");
     for (int i = 0; i < cfg->clients && !interrupted; i++) {
         pid_t pid = fork();
@@ -1027,6 +1189,8 @@ int coordinator_run(struct config *cfg)
     }
     if (wait_for(all_ready, cfg->attach_timeout) == 0) {
         R.pt_ready = sample_pagetables(&R.oth_ready);
+        R.free_ready = read_meminfo_kb("MemFree") * 1024;
+        measure_client_cost();
     } else if (!interrupted && !oom_stop) {
         add_error("not every client started within %.0f s", cfg->attach_timeout);
     }

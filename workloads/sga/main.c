@@ -13,15 +13,16 @@ static const char USAGE[] =
     "                      [--write-share F] [--memory-limit BYTES] [--json PATH]\n"
     "                      [--mshare-syscall-nr NR_MSHARE,NR_UNLINK] [--msharefs-ioctl-abi 2024|2025]\n"
     "                      [--ptshare-flag HEX] [--attach-timeout S] [--sample-interval S]\n"
-    "                      [--oom-continue]\n"
+    "                      [--oom-continue] [--state-file PATH]\n"
     "       mshare-sga probe [kernel-parameter flags] [--json PATH]\n"
     "       mshare-sga floor --sga BYTES --clients N   (fork-and-touch floor, JSON on stdout)\n";
 
+/* one line that says what is wrong (the caller shows it as the error), no usage text */
 static int usage_error(const char *fmt, const char *arg)
 {
-    fprintf(stderr, "mshare-sga: ");
+    fprintf(stderr, "mshare-sga: error: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%s", USAGE);
+    fprintf(stderr, " (mshare-sga without arguments prints the usage)\n");
     return 2;
 }
 
@@ -75,7 +76,7 @@ int main(int argc, char **argv)
     cfg.nr_mshare = cfg.nr_mshare_unlink = -1;
     cfg.ptshare_flag = 0x200000;
 
-    enum { O_MECH = 1, O_SGA, O_CLIENTS, O_DUR, O_POP, O_WS, O_MEMLIM, O_JSON, O_NR, O_ABI, O_PT, O_AT, O_SI, O_OOMC };
+    enum { O_MECH = 1, O_SGA, O_CLIENTS, O_DUR, O_POP, O_WS, O_MEMLIM, O_JSON, O_NR, O_ABI, O_PT, O_AT, O_SI, O_OOMC, O_STATE };
     static const struct option opts[] = {
         { "mechanism", required_argument, 0, O_MECH }, { "sga", required_argument, 0, O_SGA },
         { "clients", required_argument, 0, O_CLIENTS }, { "duration", required_argument, 0, O_DUR },
@@ -85,7 +86,8 @@ int main(int argc, char **argv)
         { "msharefs-ioctl-abi", required_argument, 0, O_ABI },
         { "ptshare-flag", required_argument, 0, O_PT }, { "attach-timeout", required_argument, 0, O_AT },
         { "sample-interval", required_argument, 0, O_SI },
-        { "oom-continue", no_argument, 0, O_OOMC }, { 0, 0, 0, 0 },
+        { "oom-continue", no_argument, 0, O_OOMC }, { "state-file", required_argument, 0, O_STATE },
+        { 0, 0, 0, 0 },
     };
     optind = 2;
     int c;
@@ -104,7 +106,7 @@ int main(int argc, char **argv)
         case O_CLIENTS: {
             long n = strtol(optarg, &end, 10);
             if (*end || n < 1 || n > 1000000)
-                return usage_error("--clients: '%s' must be a whole number >= 1", optarg);
+                return usage_error("--clients: '%s' must be a whole number from 1 to 1000000", optarg);
             cfg.clients = (int)n;
             break;
         }
@@ -153,8 +155,11 @@ int main(int argc, char **argv)
         case O_OOMC:
             cfg.oom_continue = 1;
             break;
-        default:
-            fputs(USAGE, stderr);
+        case O_STATE:
+            cfg.state_path = optarg;
+            break;
+        default:   /* getopt printed what it did not understand */
+            fputs("mshare-sga: error: bad option (mshare-sga without arguments prints the usage)\n", stderr);
             return 2;
         }
     }

@@ -69,6 +69,16 @@ int64_t read_vmstat(const char *key)
     return lookup(buf, key);
 }
 
+/* one "Key: N kB" field of /proc/PID/<file> (status, smaps_rollup) */
+int64_t read_proc_kb(pid_t pid, const char *file, const char *key)
+{
+    char path[96], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+    if (read_file_str(path, buf, sizeof buf) < 0)
+        return -1;
+    return lookup(buf, key);
+}
+
 int64_t read_status_kb(pid_t pid, const char *key)
 {
     char path[64], buf[4096];

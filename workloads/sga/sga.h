@@ -46,6 +46,7 @@ struct config {
     double sample_interval;
     int oom_continue;            /* keep going after the first OOM kill (default: stop there) */
     const char *json_path;
+    const char *state_path;      /* host resources recorded here before they are made (gc) */
     /* kernel parameters, never guessed */
     long nr_mshare, nr_mshare_unlink;  /* -1 when not given */
     int ioctl_abi;                     /* 0 (not given), 2024 or 2025 */
@@ -127,6 +128,7 @@ int64_t now_ns(void);
 int64_t read_meminfo_kb(const char *key);
 int64_t read_vmstat(const char *key);
 int64_t read_status_kb(pid_t pid, const char *key);   /* pid 0 = self */
+int64_t read_proc_kb(pid_t pid, const char *file, const char *key);
 int64_t others_pte_bytes(void);                       /* VmPTE of processes not ours */
 int filesystem_listed(const char *fs);
 void hist_add(uint32_t *hist, uint64_t ns);

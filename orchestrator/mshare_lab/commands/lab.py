@@ -18,6 +18,8 @@ def register(subparsers) -> None:
                      help="results database (default: <lab home>/results.sqlite)")
     run.add_argument("--uri", default=None, help="libvirt URI (default: qemu:///system as root, "
                                                   "else qemu:///session)")
+    run.add_argument("--junit-xml", type=Path, default=None, metavar="FILE",
+                     help="also write JUnit XML for CI: one testcase per scenario, unmet expectations as failures")
     run.set_defaults(func=cmd_run)
 
     doctor = subparsers.add_parser("doctor", help="check this host can run lab guests")
@@ -62,6 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary_table(records))
         print(totals(records))
         print(f"results: {store.path}")
+    if args.junit_xml is not None:
+        from ..report import junit
+        junit.write(records, args.junit_xml, suite=args.matrix.stem)
+        print(f"junit: {args.junit_xml}")
     return 1 if any(r.expectation_failures for r in records) else 0
 
 
@@ -84,7 +90,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from ..guest.gc import gc
+    from ..workload.host_state import sweep_dead
 
+    # local runs killed with SIGKILL: their region, segments, cgroup, sysctls and tmp dirs
+    for what in sweep_dead():
+        print(f"removed {what}")
     report = gc(args.uri, everything=args.everything)
     for name in report.domains:
         print(f"removed domain {name}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -18,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import LimitError, ToolError
+from ..errors import LimitError, ToolError, UserError
 from ..frames import progress_events
 from ..options import WorkloadSpec, workload_argv
 from .build import ensure_binary
@@ -44,14 +46,31 @@ def run_local(spec: WorkloadSpec, json_path: Path | str | None = None, progress:
     ``extra_args`` carries kernel-parameter flags (``build.kernel_flags``).  A host limit
     that refuses the run raises ``LimitError``; Ctrl-C stops the run and leaves nothing.
     """
+    from ..guest.signals import terminate_as_interrupt
+    from .host_state import LocalRunState
+
+    if json_path and not Path(json_path).parent.is_dir():
+        # found now, not after the whole run
+        raise UserError(f"--json {json_path}: the directory {Path(json_path).parent} does not exist",
+                        hint="create it first or write the document elsewhere")
     binary = binary or ensure_binary()
-    with tempfile.TemporaryDirectory(prefix="mshare-lab-local-") as tmp:
-        out = Path(json_path) if json_path else Path(tmp) / "result.json"
-        if out.exists():
-            out.unlink()
-        argv = [str(binary), "run", *spec_args(spec), *extra_args, "--json", str(out)]
-        log.debug("running %s", " ".join(argv))
-        return _supervise(argv, out, progress)
+    # SIGTERM (timeout, CI, systemd) takes the same way out as Ctrl-C: through every finally
+    with terminate_as_interrupt():
+        state = LocalRunState.open()
+        tmp = Path(tempfile.gettempdir()) / f"mshare-lab-local-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            state.add_tmp_dir(tmp)   # recorded before it exists: gc finds it after a SIGKILL
+            tmp.mkdir(mode=0o700)
+            out = Path(json_path) if json_path else tmp / "result.json"
+            if out.exists():
+                out.unlink()
+            argv = [str(binary), "run", *spec_args(spec), *extra_args, "--json", str(out),
+                    "--state-file", str(state.workload_file)]
+            log.debug("running %s", " ".join(argv))
+            return _supervise(argv, out, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            state.close()
 
 
 def _supervise(argv: list[str], out: Path, progress: Progress | None) -> WorkloadResult:
@@ -79,6 +98,10 @@ def _supervise(argv: list[str], out: Path, progress: Progress | None) -> Workloa
     if rc == 3:
         limit = next((l for l in reversed(tail) if "limit:" in l), "a host limit refused the run")
         raise LimitError(limit.split("limit:", 1)[-1].strip())
+    if rc == 2:
+        # bad input: the program's own error line, not its usage text
+        line = next((l for l in reversed(tail) if "mshare-sga: error:" in l), None)
+        raise UserError(line.split("error:", 1)[1].strip() if line else "mshare-sga refused its arguments")
     if out.exists():
         try:
             return WorkloadResult.from_json(out.read_text())
@@ -86,7 +109,8 @@ def _supervise(argv: list[str], out: Path, progress: Progress | None) -> Workloa
             if rc != 0:
                 sweep(last)
     sweep(last)   # the coordinator died without its own cleanup
-    detail = "; ".join(list(tail)[-3:]) or "no output"
+    own = [l for l in tail if l.startswith("mshare-sga:")]
+    detail = "; ".join(own[-2:] or list(tail)[-3:]) or "no output"
     if rc < 0:
         detail = f"killed by signal {-rc}; {detail}"
     raise ToolError(f"mshare-sga exited with {rc} without a result document: {detail}")
