@@ -13,6 +13,12 @@ Wire format (one record)::
 The guest side is busybox shell (``base64`` and ``sha256sum`` applets); see
 images/micro/init. Progress lines, which must be readable live and need no integrity,
 are single lines ``MSHARE-LAB-PROGRESS <json>`` on the console.
+
+Everything here comes from a guest running the kernel under test, so it is untrusted
+input: a frame name is a short ``[A-Za-z0-9][A-Za-z0-9._-]*`` word (never a path, never
+``..``), a payload is at most ``MAX_PAYLOAD`` bytes, a progress line at most
+``MAX_PROGRESS_LINE`` characters, and JSON is parsed with a nesting limit.  Whatever
+breaks these rules is a ``BrokenFrame`` kept as evidence, with its name shown escaped.
 """
 
 from __future__ import annotations
@@ -31,6 +37,45 @@ PROGRESS = "MSHARE-LAB-PROGRESS"
 
 _BEGIN_RE = re.compile(rf"{BEGIN} (\S+) (\d+) ([0-9a-f]{{64}})")
 _END_RE = re.compile(rf"{END} (\S+)")
+#: what a frame name may be: it becomes part of a file name in the run directory
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: the largest payload a guest may send (a dmesg of a noisy kernel is a few MiB)
+MAX_PAYLOAD = 32 << 20
+#: a progress line longer than this is not one the workload wrote
+MAX_PROGRESS_LINE = 64 << 10
+#: JSON nested deeper than this is refused before Python's recursion limit is reached
+MAX_JSON_DEPTH = 64
+
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+
+
+class UntrustedJSONError(ValueError):
+    """JSON from a guest that is too large or too deeply nested to be a lab document."""
+
+
+def safe_name(name: str) -> str:
+    """A name as it may be shown: escaped and cut (for names that failed ``NAME_RE``)."""
+    return name.encode("unicode_escape", errors="replace").decode("ascii", errors="replace")[:80]
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name)) and ".." not in name
+
+
+def loads_bounded(text: str | bytes, max_bytes: int = MAX_PAYLOAD, max_depth: int = MAX_JSON_DEPTH):
+    """``json.loads`` for untrusted text: size and nesting limited (UntrustedJSONError)."""
+    if len(text) > max_bytes:
+        raise UntrustedJSONError(f"{len(text)} bytes of JSON, more than {max_bytes}")
+    raw = text.decode() if isinstance(text, bytes) else text
+    depth = 0
+    # brackets inside strings do not nest: drop the strings, then count what is left
+    for bracket in _BRACKET_RE.findall(_STRING_RE.sub("", raw)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > max_depth:
+            raise UntrustedJSONError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(raw)
 
 
 @dataclass(frozen=True)
@@ -39,7 +84,8 @@ class Frame:
     payload: bytes
 
     def json(self):
-        return json.loads(self.payload.decode())
+        """The payload as JSON (ValueError, incl. UntrustedJSONError, when it is not)."""
+        return loads_bounded(self.payload)
 
     def text(self) -> str:
         return self.payload.decode(errors="replace")
@@ -73,14 +119,29 @@ def decode(lines: Iterable[str]) -> Iterator[Frame | BrokenFrame]:
         if begin:
             if current:
                 yield BrokenFrame(current[0], "no end marker before the next frame")
-            current = (begin.group(1), int(begin.group(2)), begin.group(3))
-            body = []
+            name, size = begin.group(1), int(begin.group(2))
+            if not valid_name(name):
+                yield BrokenFrame(safe_name(name), "frame name is not a plain word ([A-Za-z0-9._-], "
+                                                   "no '..'): refused, never used as a file name")
+                current = None
+            elif size > MAX_PAYLOAD:
+                yield BrokenFrame(name, f"announces {size} bytes, more than the {MAX_PAYLOAD} a frame may carry")
+                current = None
+            else:
+                current = (name, size, begin.group(3))
+                body, body_chars = [], 0
             continue
         if current is None:
             continue
         end = _END_RE.search(line)
         if end:
             yield _finish(current, body, end.group(1))
+            current = None
+            continue
+        body_chars += len(line)
+        if body_chars > current[1] * 4 // 3 + 4096:
+            # more base64 than the announced size can need: stop buffering it
+            yield BrokenFrame(current[0], f"payload longer than the {current[1]} bytes announced")
             current = None
             continue
         body.append(line)
@@ -91,7 +152,7 @@ def decode(lines: Iterable[str]) -> Iterator[Frame | BrokenFrame]:
 def _finish(header: tuple[str, int, str], body: list[str], end_name: str) -> Frame | BrokenFrame:
     name, size, digest = header
     if end_name != name:
-        return BrokenFrame(name, f"end marker names {end_name!r}")
+        return BrokenFrame(name, f"end marker names {safe_name(end_name)!r}")
     try:
         payload = base64.b64decode("".join(body), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -110,9 +171,11 @@ def progress_events(lines: Iterable[str]) -> Iterator[dict]:
     """Parse ``MSHARE-LAB-PROGRESS {json}`` lines; malformed ones are skipped."""
     for line in lines:
         idx = line.find(PROGRESS + " ")
-        if idx < 0:
+        if idx < 0 or len(line) > MAX_PROGRESS_LINE:
             continue
         try:
-            yield json.loads(line[idx + len(PROGRESS) + 1:])
-        except json.JSONDecodeError:
+            event = loads_bounded(line[idx + len(PROGRESS) + 1:], MAX_PROGRESS_LINE)
+        except ValueError:   # JSONDecodeError and UntrustedJSONError
             continue
+        if isinstance(event, dict):
+            yield event

@@ -258,12 +258,24 @@ def _follow(guest, timeout: float, say: Progress, cancel: threading.Event | None
 def _save_frames(output: Any, workdir: Path) -> None:
     """Keep the decoded frames next to the raw serial file (easier to read than base64)."""
     import json
+    broken = [{"name": b.name, "reason": b.reason} for b in output.broken]
+    root = workdir.resolve()
+    unreadable = {error.split(":", 1)[0] for error in getattr(output, "errors", ())}
     for name, frame in output.frames.items():
+        if name in unreadable:
+            continue   # a result.json that is not JSON would only mislead; serial.log keeps it
+        # the decoder already refuses names that are not plain words; a name is checked
+        # again here because it becomes a file name, and the guest is not to be trusted
         suffix = ".json" if name in ("result", "probe", "status") else ".txt"
-        (workdir / f"{name}{suffix}").write_bytes(frame.payload)
-    if output.broken:
-        (workdir / "broken-frames.json").write_text(
-            json.dumps([{"name": b.name, "reason": b.reason} for b in output.broken], indent=2) + "\n")
+        target = workdir / f"{name}{suffix}"
+        if not frames.valid_name(name) or target.resolve().parent != root:
+            broken.append({"name": frames.safe_name(name), "reason": "not a plain file name: not saved"})
+            continue
+        target.write_bytes(frame.payload)
+    for error in getattr(output, "errors", ()):
+        broken.append({"name": error.split(":", 1)[0], "reason": error})
+    if broken:
+        (workdir / "broken-frames.json").write_text(json.dumps(broken, indent=2) + "\n")
 
 
 def _keep_failed_attempt(workdir: Path, attempt: int) -> None:
