@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "image",      # image build|list
     "lab",        # run, doctor, gc
     "results",    # results list|show|export, compare
+    "report",     # report (HTML)
     "deploy",     # ssh, exec
 )
 

@@ -15,7 +15,7 @@ from ..paths import default_results_db
 from ..results import compare as compare_mod
 from ..results import export
 from ..results.store import ResultStore
-from ..units import format_size
+from ..units import format_metric, format_seconds, format_size, metric_formatter
 
 
 def register(subparsers) -> None:
@@ -41,6 +41,12 @@ def register(subparsers) -> None:
     _filters(exporting)
     exporting.set_defaults(func=cmd_export)
 
+    importing = sub.add_parser("import", help="add runs from a JSON file (a run's record.json, or "
+                                              "the output of 'results export --json')")
+    importing.add_argument("files", type=Path, nargs="+", metavar="FILE.json")
+    _results_file(importing)
+    importing.set_defaults(func=cmd_import)
+
     comparing = subparsers.add_parser(
         "compare", help="kernels or mechanisms side by side (mean ± sd, Welch's t-test vs a baseline)")
     comparing.add_argument("--by", choices=compare_mod.AXES, default="kernel",
@@ -49,6 +55,9 @@ def register(subparsers) -> None:
                            help="the group the others are tested against (default: the first one run)")
     comparing.add_argument("--metric", dest="metrics", action="append", default=None, metavar="M",
                            help="metric to compare, repeatable (default: " + ", ".join(compare_mod.DEFAULT_METRICS) + ")")
+    comparing.add_argument("--format", choices=("table", "email"), default="table",
+                           help="table (default) or email: kernels as columns, at most 72 columns, with "
+                                "the lab version and the commands to reproduce, for a mailing list")
     _filters(comparing)
     comparing.set_defaults(func=cmd_compare)
 
@@ -91,12 +100,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         records = _selected(store, args)
     if args.limit is not None:
         records = records[-args.limit:] if args.limit > 0 else []
-    rows = [("RUN", "SCENARIO", "OUTCOME", "PTE RATIO", "GUEST S", "EXPECT", "REASON")]
+    rows = [("RUN", "SCENARIO", "OUTCOME", "PTE RATIO", "GUEST TIME", "EXPECT", "REASON")]
     for r in records:
         ratio = r.metric("pte_ratio")
         rows.append((r.run_id or "", r.scenario_id, r.outcome,
                      f"{ratio:.3f}" if isinstance(ratio, (int, float)) else "-",
-                     f"{r.guest_seconds:.1f}",
+                     format_seconds(r.guest_seconds),
                      f"{len(r.expectation_failures)} failed" if r.expectation_failures else "met",
                      _short(r.reason or "")))
     print(_table(rows))
@@ -126,8 +135,8 @@ def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str,
     release = record.kernel_metadata.get("release") or record.metric("kernel_release") or "?"
     print(f"kernel     {s.kernel} ({release})", file=out)
     print(f"outcome    {record.outcome}" + (f": {record.reason}" if record.reason else ""), file=out)
-    print(f"times      wall {record.wall_seconds:.1f} s, guest {record.guest_seconds:.1f} s, "
-          f"overhead {record.overhead_seconds:.1f} s, attempts {record.attempts}", file=out)
+    print(f"times      wall {format_seconds(record.wall_seconds)}, guest {format_seconds(record.guest_seconds)}, "
+          f"overhead {format_seconds(record.overhead_seconds)}, attempts {record.attempts}", file=out)
     if s.expect:
         verdict = "met" if not record.expectation_failures else "NOT met"
         print(f"expect     {_expect_text(s.expect)}: {verdict}", file=out)
@@ -137,14 +146,18 @@ def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str,
         print("metrics", file=out)
         width = max(len(n) for n in metrics)
         for name, value in metrics.items():
-            shown = f"{format_size(value)} ({value:.0f})" if name.endswith("_bytes") else f"{value:g}"
+            # human units, with the exact stored value beside them where they round
+            shown = format_metric(name, value)
+            if shown != f"{value:g}" and not name.endswith(("_ratio", "_raw")):
+                shown += f" ({value:.0f})" if value == int(value) else f" ({value:g})"
             print(f"  {name.ljust(width)}  {shown}", file=out)
     if series:
         print("time series", file=out)
         for name, points in series.items():
             values = [v for _, v in points]
-            print(f"  {name}: {len(points)} points over {points[-1][0] - points[0][0]:g} s, "
-                  f"{min(values):g} .. {max(values):g}", file=out)
+            shown = metric_formatter(name.rsplit(".", 1)[-1])
+            print(f"  {name}: {len(points)} points over {format_seconds(points[-1][0] - points[0][0])}, "
+                  f"{shown(min(values))} .. {shown(max(values))}", file=out)
     for label, path in (("console", record.console_log), ("artifacts", record.artifacts_dir)):
         if path:
             print(f"{label.ljust(10)} {path}", file=out)
@@ -157,7 +170,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         writer(records, sys.stdout)
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not args.output.parent.is_dir():
+        # a typo in the path is not a reason to create directories
+        raise NotFoundError(f"-o {args.output}: the directory {args.output.parent} does not exist",
+                            hint="create it first or write elsewhere")
     # write beside and rename, so a failed export never leaves half a file behind
     partial = args.output.with_name(args.output.name + ".partial")
     try:
@@ -170,12 +186,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..results.record_file import read_records
+
+    # every file is read and checked before the first run is added
+    batches = [(path, read_records(path)) for path in args.files]
+    with ResultStore(args.results) as store:
+        for path, records in batches:
+            for record in records:
+                store.add(record, matrix_source=record.scenario.source)
+                print(f"imported {record.scenario_id} as {record.run_id}")
+        print(f"{sum(len(r) for _, r in batches)} run(s) imported into {store.path}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     with open_store(args.results) as store:
         records = _selected(store, args)
     comparison = compare_mod.compare(records, by=args.by, baseline=args.baseline, metrics=args.metrics)
+    if args.format == "email":
+        from ..report import data
+        from ..report.email import format_email
+        with open_store(args.results) as store:
+            kernels = store.kernels()
+            results_path = store.path
+        print(format_email(comparison, lab_version=data.lab_version(),
+                           commands=_reproduce(records, kernels, results_path, args)), end="")
+        return 0
     print(compare_mod.format_table(comparison))
     return 0
+
+
+def _reproduce(records: list[RunRecord], kernels: dict, results_path: Path, args: argparse.Namespace) -> list[str]:
+    """The commands that make these numbers again: kernels, matrix runs, this comparison."""
+    import shlex
+    commands = []
+    for name in dict.fromkeys(r.scenario.kernel for r in records):
+        kind = ((kernels.get(name) or {}).get("metadata") or {}).get("kind")
+        commands.append("mshare-lab kernel fetch debian" if kind == "distribution"
+                        else f"mshare-lab kernel show {shlex.quote(name)}   # its build inputs")
+    results = shlex.quote(str(results_path))
+    for source in dict.fromkeys(r.scenario.source.rsplit(":", 1)[0] for r in records if r.scenario.source):
+        commands.append(f"mshare-lab run {shlex.quote(source)} --results {results}")
+    compare = ["mshare-lab", "compare", "--by", args.by]
+    if args.baseline:
+        compare += ["--baseline", args.baseline]
+    for metric in args.metrics or ():
+        compare += ["--metric", metric]
+    for flag in ("kernel", "mechanism", "outcome", "scenario"):
+        if getattr(args, flag):
+            compare += [f"--{flag}", getattr(args, flag)]
+    compare += ["--results", str(results_path), "--format", "email"]
+    commands.append(shlex.join(compare))
+    return commands
 
 
 def _expect_text(expect: dict) -> str:
