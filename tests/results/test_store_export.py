@@ -74,6 +74,10 @@ def test_cli_list_show_export_compare(tmp_path, record_factory, capsys):
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
     target = tmp_path / "out" / "runs.csv"
+    # a missing directory is an error, not created silently
+    assert main(["results", "export", "--csv", "-o", str(target), "--results", str(db)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not target.parent.exists()
+    target.parent.mkdir()
     assert main(["results", "export", "--csv", "-o", str(target), "--results", str(db)]) == 0
     assert len(target.read_text().splitlines()) == 3 and not list(target.parent.glob("*.partial"))
 

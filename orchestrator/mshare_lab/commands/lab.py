@@ -54,13 +54,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..guest.signals import terminate_as_interrupt
     from ..lab.matrix import load
     from ..lab.runner import run_matrix
+    from ..paths import default_results_db
     from ..lab.summary import summary_table, totals
     from ..results.store import ResultStore
 
     matrix = load(args.matrix)
     _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {args.parallel} at a time")
-    with terminate_as_interrupt(), ResultStore(args.results) as store:
-        records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, uri=args.uri)
+    results = args.results or default_results_db()
+    fresh = not results.exists()
+    with terminate_as_interrupt(), ResultStore(results) as store:
+        try:
+            records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, uri=args.uri)
+        except BaseException:
+            # refused before anything ran (pre-boot checks, Ctrl-C): leave no empty results file
+            if fresh and store.count() == 0:
+                store.close()
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(results) + suffix).unlink(missing_ok=True)
+            raise
         print(summary_table(records))
         print(totals(records))
         print(f"results: {store.path}")

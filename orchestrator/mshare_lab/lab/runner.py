@@ -319,7 +319,7 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
                                   progress=lambda line: board.phase(index, scenario.scenario_id, line),
                                   wait_for_memory=parallel > 1, base_initrd=base)
             record.expectation_failures = expectations.check(scenario.expect, record)
-            store.add(record, matrix_source=scenario.source)
+            _store_or_keep(store, record, scenario, workdir, say)
             board.done(index, scenario.scenario_id, record)
             return record
 
@@ -347,6 +347,24 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
         if own_driver:
             driver.close()
     return [records[i] for i in sorted(records)]
+
+
+def _store_or_keep(store: "ResultStore", record: RunRecord, scenario: Scenario, workdir: Path,
+                   say: Progress) -> None:
+    """Store the record; when the store cannot take it, keep it as JSON in the run directory.
+
+    A finished run is never lost to a broken store: it can be imported later."""
+    import sqlite3
+    from ..errors import LabError
+    from ..results.record_file import RECORD_FILE, write_record
+    try:
+        store.add(record, matrix_source=scenario.source)
+    except (sqlite3.Error, LabError, OSError) as exc:
+        workdir.mkdir(parents=True, exist_ok=True)
+        kept = write_record(record, workdir / RECORD_FILE)
+        log.warning("%s: the store did not take the run (%s); kept it as %s", scenario.scenario_id, exc, kept)
+        say(f"the results store did not take {scenario.scenario_id} ({_first_line(str(exc))}); kept as "
+            f"{kept}: add it later with 'mshare-lab results import {kept}'")
 
 
 def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) -> Path | None:

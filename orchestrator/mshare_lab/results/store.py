@@ -94,6 +94,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: tables a file of at least that schema version has
+_TABLES_SINCE = {1: ("kernels", "runs", "metrics"), 2: ("timeseries",)}
 WORKLOAD_SERIES_PREFIX = "workload."
 
 
@@ -151,7 +153,33 @@ class ResultStore:
     def schema_version(self) -> int:
         return self._conn().execute("PRAGMA user_version").fetchone()[0]
 
+    def _check(self) -> None:
+        """Refuse a damaged file at open, before a matrix boots any guest for it.
+
+        ``quick_check`` reads every page (O(size), milliseconds for a lab's store) and finds
+        the garbage a torn write or a stray ``dd`` leaves in the middle of the file."""
+        try:
+            rows = self._conn().execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ResultsFileError(f"{self.path} is damaged: {exc}",
+                                   hint="restore it from a copy, or point --results at another file") from exc
+        problems = [row[0] for row in rows if row[0] != "ok"]
+        if problems:
+            raise ResultsFileError(f"{self.path} is damaged (sqlite quick_check: {'; '.join(problems)[:300]})",
+                                   hint="restore it from a copy, or point --results at another file")
+        # a file whose version says a table exists that does not (dropped by hand, or not ours)
+        version = self._conn().execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self._conn().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # (a newer file is refused by _migrate with a better message)
+        wanted = {n: t for n, t in _TABLES_SINCE.items() if version >= n} if version <= SCHEMA_VERSION else {}
+        missing = sorted(t for need in wanted.values() for t in need if t not in tables)
+        if missing:
+            raise ResultsFileError(f"{self.path} says schema version {version} but has no table "
+                                   f"{', '.join(missing)}: not a results store this mshare-lab wrote",
+                                   hint="restore it from a copy, or point --results at another file")
+
     def _migrate(self) -> None:
+        self._check()
         with self._transaction() as conn:
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
