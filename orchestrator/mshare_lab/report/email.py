@@ -127,7 +127,7 @@ def _wrapped(command: str) -> list[str]:
     if len(command) + 2 <= WIDTH:
         return ["  " + command]
     words = shlex.split(command)
-    chunks = textwrap.wrap(" ".join(shlex.quote(w) for w in words), width=WIDTH - 6,
+    chunks = textwrap.wrap(" ".join(shlex.quote(w) for w in words), width=WIDTH - 8,
                            break_long_words=False, break_on_hyphens=False)
     out = ["  " + chunks[0] + " \\"]
     out += ["      " + c + " \\" for c in chunks[1:-1]]
