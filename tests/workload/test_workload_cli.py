@@ -46,5 +46,6 @@ def test_predict_oracle_case(tmp_path):
 def test_predict_sharing_mechanism_fits():
     proc = _cli("predict", "--sga", "300G", "--clients", "1500", "--ram", "512G", "--mechanism", "msharefs")
     assert proc.returncode == 0, proc.stderr
-    assert "page tables with msharefs: 600.0 MiB" in proc.stdout
+    # the shared ratio, not the unshared one
+    assert "page tables with msharefs (one shared copy): 600.0 MiB (shared page tables / RAM = 0.0011)" in proc.stdout
     assert "fits in 512.0 GiB" in proc.stdout and "NOT" not in proc.stdout

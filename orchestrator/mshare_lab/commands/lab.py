@@ -18,6 +18,8 @@ def register(subparsers) -> None:
                      help="results database (default: <lab home>/results.sqlite)")
     run.add_argument("--uri", default=None, help="libvirt URI (default: qemu:///system as root, "
                                                   "else qemu:///session)")
+    run.add_argument("--yes", action="store_true",
+                     help="run a matrix that expands to more scenarios than the safety limit")
     run.add_argument("--junit-xml", type=Path, default=None, metavar="FILE",
                      help="also write JUnit XML for CI: one testcase per scenario, unmet expectations as failures")
     run.set_defaults(func=cmd_run)
@@ -58,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..lab.summary import summary_table, totals
     from ..results.store import ResultStore
 
-    matrix = load(args.matrix)
+    from ..lab.matrix import MAX_SCENARIOS
+
+    matrix = load(args.matrix, max_scenarios=None if args.yes else MAX_SCENARIOS)
     _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {args.parallel} at a time")
     results = args.results or default_results_db()
     fresh = not results.exists()

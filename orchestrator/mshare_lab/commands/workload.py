@@ -45,13 +45,22 @@ def register(subparsers) -> None:
                                                 "it fits in RAM, and a lab-sized scenario with the same pressure.")
     options.add_arguments(predict, PREDICT_OPTIONS)
     predict.add_argument("--json", type=Path, metavar="PATH", help="also write the prediction as JSON")
+    predict.add_argument("--kernel", default=None, metavar="NAME",
+                         help="use the per-client cost measured by earlier runs of this kernel")
+    predict.add_argument("--image", choices=("micro", "debian"), default="micro",
+                         help="guest image of the runs whose cost --kernel uses (default: micro)")
+    predict.add_argument("--results", type=Path, default=None, metavar="FILE",
+                         help="results database the measured cost is read from (default: <lab home>/results.sqlite)")
     predict.set_defaults(func=cmd_predict)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
+    from ..workload.feasibility import check_local
     from ..workload.local import progress_line, run_local
 
     spec = WorkloadSpec.from_args(args)
+    # refused before anything is built or forked: the numbers and what fits
+    check_local(spec)
     extra: list[str] = []
     if args.mshare_syscall_nr:
         extra += ["--mshare-syscall-nr", args.mshare_syscall_nr]
@@ -73,16 +82,28 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..workload.predict import predict
+    from ..paths import default_results_db
+    from ..workload.calibration import cost_from_file
+    from ..workload.feasibility import ClientCost
+    from ..workload.predict import SHARED_ONCE, predict
 
-    p = predict(args.sga, args.clients, args.ram, args.mechanism, args.lab_ram)
+    cost = cost_from_file(args.results or default_results_db(), args.kernel, args.image) if args.kernel \
+        else ClientCost.builtin()
+    p = predict(args.sga, args.clients, args.ram, args.mechanism, args.lab_ram, cost=cost)
     print(f"{p.clients} processes x {format_size(p.sga)} region ({p.mechanism}) on {format_size(p.ram)} RAM")
-    print(f"page tables without sharing (4 KiB pages, 8 B/page/process): {format_size(p.theory_pte_bytes)}")
-    if p.mechanism_pte_bytes != p.theory_pte_bytes:
-        print(f"page tables with {p.mechanism}: {format_size(p.mechanism_pte_bytes)}")
-    print(f"plus per-process fixed cost ~{format_size(p.client_fixed_bytes)}; region + page tables = "
-          f"{format_size(p.total_bytes)}: {'fits' if p.fits else 'does NOT fit'} in {format_size(p.ram)} "
+    print(f"page tables without sharing (4 KiB pages, 8 B/page/process): {format_size(p.theory_pte_bytes)} "
           f"(page tables / RAM = {p.pressure:.2f})")
+    if p.mechanism in SHARED_ONCE:
+        print(f"page tables with {p.mechanism} (one shared copy): {format_size(p.mechanism_pte_bytes)} "
+              f"(shared page tables / RAM = {p.mechanism_pressure:.4f})")
+    elif p.mechanism_pte_bytes != p.theory_pte_bytes:
+        print(f"page tables with {p.mechanism}: {format_size(p.mechanism_pte_bytes)} "
+              f"(page tables / RAM = {p.mechanism_pressure:.2f})")
+    where = f" on {args.kernel} ({args.image})" if args.kernel else ""
+    print(f"client cost{where}: {cost.describe()}")
+    print(f"region + page tables + clients = {format_size(p.total_bytes)}: "
+          f"{'fits' if p.fits else 'does NOT fit'} in {format_size(p.ram)}"
+          + ("" if p.fits else f"; at most {p.largest_fitting_clients} clients fit"))
     if p.scaled:
         s = p.scaled
         print(f"lab scenario with the same pressure on {format_size(s.ram)}: --sga {format_size(s.sga)} "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -204,15 +205,27 @@ class Matrix:
         return len(self.scenarios)
 
 
-def load(path: Path | str) -> Matrix:
-    """Read, validate and expand a matrix file; ConfigError with file:line on any mistake."""
+#: a matrix larger than this is refused unless the user says --yes: 146,685 scenarios
+#: would take 1 GB to hold and months of guest time, which is never what was meant
+MAX_SCENARIOS = 2000
+#: rough guest time of one scenario under TCG, for the estimate the refusal prints:
+#: boot + teardown, plus the workload's own time per client (fork, attach, populate)
+SCENARIO_OVERHEAD_S = 30.0
+SECONDS_PER_CLIENT = 0.01
+
+
+def load(path: Path | str, *, max_scenarios: int | None = MAX_SCENARIOS) -> Matrix:
+    """Read, validate and expand a matrix file; ConfigError with file:line on any mistake.
+
+    ``max_scenarios`` (None: no limit) refuses a matrix that expands to more scenarios
+    before it is expanded, saying how many and how long they would take."""
     path = Path(path)
-    return _build(load_yaml_file(path), path)
+    return _build(load_yaml_file(path), path, max_scenarios)
 
 
-def loads(text: str, path: Path | str | None = None) -> Matrix:
+def loads(text: str, path: Path | str | None = None, *, max_scenarios: int | None = MAX_SCENARIOS) -> Matrix:
     """As ``load`` for YAML text (path only names the source in errors)."""
-    return _build(load_yaml_text(text, path), Path(path) if path else None)
+    return _build(load_yaml_text(text, path), Path(path) if path else None, max_scenarios)
 
 
 class _Where:
@@ -228,7 +241,7 @@ class _Where:
         return f"{self.path or '<input>'}:{line}"
 
 
-def _build(doc: Any, path: Path | None) -> Matrix:
+def _build(doc: Any, path: Path | None, max_scenarios: int | None = MAX_SCENARIOS) -> Matrix:
     where = _Where(path)
     if doc is None:
         raise ConfigError("the file is empty", location=where(1),
@@ -254,14 +267,20 @@ def _build(doc: Any, path: Path | None) -> Matrix:
     scenarios: list[Scenario] = []
     names: dict[str, str] = {}
     first_seen: dict[str, str] = {}
+    parsed: list[_Entry] = []
     for index, raw in enumerate(entries):
         line = entries.line_of(index)
         if not isinstance(raw, LineMap):
             raise ConfigError("a matrix entry must be a mapping", location=where(line),
                               hint="e.g. '- {kernels: debian-6.1, mechanisms: shmem, sga: 256M}'")
         _reject_unknown(raw, ENTRY_KEYS, where, "key in a matrix entry")
-        entry = _Entry(raw, where, defaults)
+        parsed.append(_Entry(raw, where, defaults))
+    if max_scenarios is not None:
+        _refuse_huge(parsed, max_scenarios, where(doc.line_of("matrix")))
+    for entry in parsed:
+        raw = entry.raw
         for scenario in entry.expand(where.source(raw.line)):
+            _reject_impossible(scenario, entry)
             sid = scenario.scenario_id
             if sid in first_seen:
                 raise ConfigError(
@@ -274,6 +293,73 @@ def _build(doc: Any, path: Path | None) -> Matrix:
                 names[sid] = entry.name
             scenarios.append(scenario)
     return Matrix(path=path, scenarios=scenarios, defaults=defaults.values(), names=names)
+
+
+def _refuse_huge(entries: list["_Entry"], limit: int, location: Location) -> None:
+    """Count (without expanding) and refuse above ``limit``, with an estimate of the time."""
+    count, seconds = 0, 0.0
+    for entry in entries:
+        n = (entry.repeats or 1) * math.prod(len(v) for v in entry.dims.values())
+        clients = entry.dims.get("clients") or [0]
+        duration = entry.dims.get("duration") or [WorkloadSpec().duration]
+        count += n
+        seconds += n * (SCENARIO_OVERHEAD_S + sum(duration) / len(duration)
+                        + SECONDS_PER_CLIENT * sum(clients) / len(clients))
+    if count > limit:
+        raise ConfigError(f"the matrix expands to {count:,} scenarios (about {_duration(seconds)} of guest "
+                          f"time at one at a time), more than the {limit:,} a run takes without asking",
+                          location=location, hint="cut lists or repeats, or pass --yes to run it anyway")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _reject_impossible(scenario: Scenario, entry: "_Entry") -> None:
+    """Expectations no run can meet and scenarios no guest can hold: found before any boot."""
+    expect = scenario.expect
+    raw_expect = entry.raw.get("expect") if isinstance(entry.raw.get("expect"), LineMap) else None
+
+    def at(key: str) -> Location:
+        if raw_expect is not None and key in raw_expect:
+            return entry.where(raw_expect.line_of(key))
+        return entry.where(entry.raw.line_of("expect") if "expect" in entry.raw else entry.raw.line)
+
+    for key, low in expect.items():
+        if not key.endswith("_min"):
+            continue
+        metric = key[:-4]
+        high = expect.get(metric + "_max")
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            raise ConfigError(f"expect: {key} {low:g} is above {metric}_max {high:g}: no run can meet both",
+                              location=at(key), hint=f"swap them or drop one ({scenario.scenario_id})")
+    clients = scenario.workload.clients
+    for key in ("clients_attached_min", "clients_started_min", "clients_requested_min", "oom_kills_min",
+                "oom_kills.clients_killed_min", "protect_acked_min"):
+        wanted = expect.get(key)
+        if isinstance(wanted, (int, float)) and wanted > clients:
+            raise ConfigError(f"expect: {key} {wanted:g} is more than the {clients} clients of "
+                              f"{scenario.scenario_id}", location=at(key),
+                              hint=f"lower {key} or raise clients")
+    ratio_min = expect.get("pte_ratio_min")
+    if isinstance(ratio_min, (int, float)) and ratio_min > 1.5:
+        raise ConfigError(f"expect: pte_ratio_min {ratio_min:g} cannot be met: a region's page tables are "
+                          "at most what private mappings cost (pte_ratio about 1)", location=at("pte_ratio_min"))
+    # a region that alone does not fit in the guest (before any client cost is counted)
+    from ..workload.feasibility import GUEST_RESERVE_BYTES
+    from ..units import format_size
+    guest, spec = scenario.guest, scenario.workload
+    reserve = GUEST_RESERVE_BYTES.get(guest.image, GUEST_RESERVE_BYTES["micro"])
+    if spec.sga > guest.memory - reserve and "oom" not in (expect.get("outcome") or []) and not spec.memory_limit:
+        line = entry.raw.line_of("sga") if "sga" in entry.raw else entry.raw.line
+        raise ConfigError(f"{scenario.scenario_id}: a {format_size(spec.sga)} {spec.mechanism} region cannot fit "
+                          f"in a {format_size(guest.memory)} {guest.image} guest (less "
+                          f"{format_size(reserve)} for its own kernel and userspace)",
+                          location=entry.where(line),
+                          hint="raise ram, lower sga, or say expect: {outcome: oom} when that is the point")
 
 
 def _reject_unknown(mapping: LineMap, known: Iterable[str], where: _Where, what: str) -> None:

@@ -308,6 +308,8 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     cancel = threading.Event()
     records: dict[int, RunRecord] = {}
     try:
+        # what no guest could hold is refused before the first boot (numbers, what fits)
+        check_feasible(scenarios, store, say)
         # one base image for the whole matrix: every scenario boots the same bits
         base = _preflight(scenarios, driver, say)
         board.start()
@@ -365,6 +367,22 @@ def _store_or_keep(store: "ResultStore", record: RunRecord, scenario: Scenario, 
         log.warning("%s: the store did not take the run (%s); kept it as %s", scenario.scenario_id, exc, kept)
         say(f"the results store did not take {scenario.scenario_id} ({_first_line(str(exc))}); kept as "
             f"{kept}: add it later with 'mshare-lab results import {kept}'")
+
+
+def check_feasible(scenarios: list[Scenario], store: "ResultStore | None", say: Progress = _quiet) -> None:
+    """Every scenario against its guest's RAM and the kernel's process limit (LimitError).
+
+    The per-client cost is the one measured by earlier runs of the kernel and image in
+    ``store`` (``workload.calibration``), the built-in estimate when there are none."""
+    from ..workload.calibration import measured_cost
+    from ..workload.feasibility import ClientCost, check_scenario
+    costs: dict[tuple[str, str], ClientCost] = {}
+    for scenario in scenarios:
+        key = (scenario.kernel, scenario.guest.image)
+        if key not in costs:
+            costs[key] = measured_cost(store, *key) if store is not None else ClientCost.builtin()
+            say(f"client cost on {key[0]} ({key[1]}): {costs[key].describe()}")
+        check_scenario(scenario, costs[key])
 
 
 def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) -> Path | None:
