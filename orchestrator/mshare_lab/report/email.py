@@ -36,7 +36,7 @@ def _value(metric: str, value: float) -> str:
 #: short row labels for the default metrics; others print their own name, cut to fit
 LABELS = {
     "region_pagetable_bytes": "region pgtables",
-    "pagetables_delta_bytes": "pagetables delta",
+    "pagetables_delta_bytes": "pgtables delta",
     "pte_ratio": "pte_ratio",
     OOM: "oom runs",
     "throughput_tps": "throughput",
