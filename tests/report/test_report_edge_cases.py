@@ -136,3 +136,18 @@ matrix:
     assert any("1 scenario(s) of " in note and "interrupted" in note for note in page.notes), page.notes
     assert "debian-6.1/shmem/64M/x20/ram1G#1" in " ".join(page.text)
     assert len(page.rows) == 1
+
+
+def test_protection_effective_both_ways_shows_as_a_column_when_runs_have_it(tmp_path, capsys):
+    db = tmp_path / "p.sqlite"
+    with ResultStore(db) as store:
+        store.add(_record("k", pte_ratio=1.01, protect_change_us=1.5e6,
+                          protect_effective={"asked": 20, "acked": 20, "held": 20},
+                          protect_back_effective={"asked": 20, "acked": 20, "held": 19}))
+        store.add(_record("k", repeat=2, pte_ratio=1.02))      # an older run: no such fields
+    out = tmp_path / "p.html"
+    assert main(["report", "--results", str(db), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "<th>protection effective</th>" in html
+    assert "read-only 20/20, back 19/20" in html
+    assert parse(html).rows and "1.5 s" in html

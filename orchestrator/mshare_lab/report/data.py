@@ -151,9 +151,15 @@ def workload_series(record: RunRecord) -> dict[str, list[float]]:
 
 def kernel_log_warnings(record: RunRecord) -> list[str]:
     """Warnings from the run's kernel log summary (``kernel_log``, added by newer runners)."""
-    summary = (record.result or {}).get("kernel_log")
+    summary = getattr(record, "kernel_log", None)
+    if summary is not None and hasattr(summary, "describe"):
+        # lab.kernel_log.KernelLog: one line of counts per kind, and the crash's title
+        if getattr(summary, "clean", True) or getattr(summary, "source", "") == "none":
+            return []
+        title = getattr(summary, "crash_title", None)
+        return [summary.describe()] + ([title] if title else [])
     if summary is None:
-        summary = getattr(record, "kernel_log", None)
+        summary = (record.result or {}).get("kernel_log")
     if not isinstance(summary, dict):
         return []
     out: list[str] = []
@@ -168,6 +174,19 @@ def kernel_log_warnings(record: RunRecord) -> list[str]:
                 out.append(str(text))
             break
     return out
+
+
+def protect_effective(record: RunRecord) -> str:
+    """Did every client end up with the new protection, both ways (newer workloads only)?"""
+    parts = []
+    for name, label in (("protect_effective", "read-only"), ("protect_back_effective", "back")):
+        value = record.metric(name)
+        if isinstance(value, dict) and isinstance(value.get("asked"), int):
+            held = value.get("held", value.get("acked"))
+            parts.append(f"{label} {held}/{value['asked']}")
+        elif isinstance(value, bool):
+            parts.append(f"{label} {'yes' if value else 'no'}")
+    return ", ".join(parts)
 
 
 def lab_version() -> str:

@@ -13,7 +13,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import jinja2
 
@@ -176,18 +175,8 @@ def _row(record: RunRecord, out_dir: Path) -> Row:
                expect_met=(not record.expectation_failures) if expect else None,
                failures=list(record.expectation_failures), cells=cells,
                warnings=data.kernel_log_warnings(record),
-               protect_effective=_protect_effective(record.metric("protect_effective")),
+               protect_effective=data.protect_effective(record),
                console_href=href, console_label=label)
-
-
-def _protect_effective(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_protect_effective(v) or '-'}" for k, v in value.items())
-    return str(value)
 
 
 def _console_link(record: RunRecord, out_dir: Path) -> tuple[str, str]:
