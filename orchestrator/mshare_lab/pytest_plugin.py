@@ -18,6 +18,7 @@ it to execute scenarios differently (the plugin's own tests do, see there).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -54,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results database the runs are stored in (default: <lab home>/results.sqlite)")
     group.addoption("--mshare-uri", metavar="URI", default=None,
                     help="libvirt URI the guests run under (default: the lab's, qemu:///system for root)")
+    group.addoption("--mshare-kernel", metavar="NAME|PATH", default=None,
+                    help="kernel every scenario and the mshare_lab fixture run on: a registered kernel, or a "
+                         "kernel source (directory, tarball, git repo) built first (a cache hit when built)")
 
 
 # --- session state: created lazily, closed at the end ----------------------------------
@@ -68,6 +72,8 @@ class LabSession:
         results = config.getoption("mshare_results")
         self.results_path = Path(results) if results else None
         self.uri = config.getoption("mshare_uri")
+        self.kernel_spec: str | None = config.getoption("mshare_kernel")
+        self._kernel_ready = False
         self._store = None
         self._driver = None
         self._workdir: Path | None = None
@@ -95,6 +101,30 @@ class LabSession:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             self._workdir = runs_dir() / f"pytest-{stamp}-{os.getpid()}"
         return self._workdir / re.sub(r"[^A-Za-z0-9._-]+", "_", scenario.scenario_id)
+
+    def kernel_name(self) -> str | None:
+        """The --mshare-kernel as a kernel name (a source path becomes ``pytest-<its name>``),
+        without building: collection names items by it."""
+        spec = self.kernel_spec
+        if spec is None:
+            return None
+        from .kernel import store
+        if spec in store.names():
+            return spec
+        stem = re.sub(r"\.tar(\.\w+)?$|\.tgz$", "", Path(spec).name.rstrip("/")) or "kernel"
+        return "pytest-" + re.sub(r"[^A-Za-z0-9._-]+", "-", stem)
+
+    def ensure_kernel(self) -> str | None:
+        """Build the --mshare-kernel source once per session (a cache hit when built before)."""
+        name = self.kernel_name()
+        if name is None or self._kernel_ready or name == self.kernel_spec:
+            self._kernel_ready = True
+            return name
+        from .kernel.build import BuildRequest, build_kernel
+        from .kernel.progress import stderr_progress
+        build_kernel(BuildRequest(source=self.kernel_spec, name=name), stderr_progress)
+        self._kernel_ready = True
+        return name
 
     def close(self) -> None:
         # the driver's close tears down whatever guest an interrupted run left
@@ -160,6 +190,91 @@ def mshare_lab_store(pytestconfig: pytest.Config):
     return lab_session(pytestconfig).store()
 
 
+class LabResult:
+    """One scenario's result for a developer's own assertions: ``r.pte_ratio``, ``r.outcome``.
+
+    Attributes of the RunRecord come first; any other name is a workload metric
+    (``r.metric("latency_us.p99")`` for nested ones). A metric the run did not produce is
+    an AttributeError naming the ones it did, not a silent None.
+    """
+
+    def __init__(self, record: RunRecord):
+        self.record = record
+
+    def __getattr__(self, name: str) -> Any:
+        record = self.__dict__["record"]
+        if hasattr(record, name):
+            return getattr(record, name)
+        value = record.metric(name)
+        if value is None:
+            known = ", ".join(sorted((record.result or {}).keys())) or "none (no workload result)"
+            raise AttributeError(f"run {record.run_id} ({record.outcome}) has no metric {name!r}; it has: {known}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"<LabResult {self.record.scenario_id} {self.record.outcome}>"
+
+
+@pytest.fixture
+def mshare_lab(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callable[..., LabResult]:
+    """Run one scenario and get its result: ``mshare_lab(mechanism="shmem", sga="64M", clients=20)``.
+
+    Keys are the matrix's (``mechanism``/``mechanisms``, ``sga``, ``clients``, ``ram``,
+    ``duration``, ``expect``, ``image``...), validated as a one-scenario matrix would be;
+    ``kernel`` defaults to --mshare-kernel, else the lab's stock ``debian-6.1``. The run is
+    stored in the results store. An infra error fails the test as an error of the lab, an
+    unmet ``expect`` is an assertion failure listing each expectation.
+    """
+    lab = lab_session(pytestconfig)
+
+    def run(*, kernel: str | None = None, **keys: Any) -> LabResult:
+        scenario = one_scenario(kernel or lab.ensure_kernel() or "debian-6.1", keys, where=request.node.nodeid)
+        record = _run_and_store(pytestconfig, lab, scenario)
+        if record.expectation_failures:
+            raise ExpectationsNotMet(record)
+        return LabResult(record)
+
+    return run
+
+
+def one_scenario(kernel: str, keys: dict[str, Any], *, where: str) -> Scenario:
+    """The matrix's parser and checks applied to one entry given as keyword arguments."""
+    import yaml
+    from .lab import matrix
+    entry = dict(keys)
+    if "mechanism" in entry:
+        entry["mechanisms"] = entry.pop("mechanism")
+    text = yaml.safe_dump({"defaults": {"kernels": kernel}, "matrix": [entry]}, sort_keys=False)
+    loaded = matrix.loads(text, f"mshare_lab({where})")
+    if len(loaded.scenarios) != 1:
+        raise UsageError(f"mshare_lab() runs one scenario; {entry} expands to {len(loaded.scenarios)}")
+    return loaded.scenarios[0]
+
+
+class UsageError(UserError):
+    pass
+
+
+def _run_and_store(config: pytest.Config, lab: LabSession, scenario: Scenario) -> RunRecord:
+    """Execute through the hook, judge by the scenario's expectations, store; as the items do."""
+    from .lab.expectations import check
+    started = time.time()
+    try:
+        record = config.hook.pytest_mshare_run_scenario(
+            config=config, scenario=scenario, workdir=lab.workdir(scenario),
+            progress=_progress_printer(config, scenario))
+    except InfraError as exc:
+        record = RunRecord(scenario, INFRA_OUTCOME, reason=str(exc), started_at=started, finished_at=time.time())
+    except UserError as exc:
+        pytest.fail(f"mshare-lab: {exc}", pytrace=False)
+    if record.outcome != INFRA_OUTCOME:
+        record.expectation_failures = check(scenario.expect, record)
+    lab.store().add(record)
+    if record.outcome == INFRA_OUTCOME:
+        pytest.fail(f"infra-error, not a kernel result (run {record.run_id}): {record.reason}", pytrace=False)
+    return record
+
+
 # --- collection ----------------------------------------------------------------------------
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -175,7 +290,11 @@ class MatrixFile(pytest.File):
     def collect(self):
         from .lab import matrix
         loaded = matrix.load(self.path)
+        kernel = lab_session(self.config).kernel_name()
         for scenario in loaded.scenarios:
+            if kernel is not None:
+                # --mshare-kernel: the matrix runs on the developer's kernel instead
+                scenario = dataclasses.replace(scenario, kernel=kernel)
             item = ScenarioItem.from_parent(self, name=scenario.scenario_id, scenario=scenario)
             # scenario items boot guests: `-m "not vm"` deselects them like any VM test
             item.add_marker(pytest.mark.vm)
@@ -208,6 +327,7 @@ class ScenarioItem(pytest.Item):
     def setup(self) -> None:
         # the run is the setup: if the machinery fails the item is an ERROR, not a FAILURE
         lab = lab_session(self.config)
+        lab.ensure_kernel()
         record = self._execute(lab)
         from .lab.expectations import check
         if record.outcome != INFRA_OUTCOME:
