@@ -19,9 +19,11 @@ def test_table_rows_and_totals():
                                 "protect_change_us": 12.34})
     hang = record("guest-hang", failures=["outcome: expected completed, measured guest-hang"], wall=70, guest=60)
     lines = summary_table([done, hang]).splitlines()
-    assert lines[0].split() == ["scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "expectations"]
-    assert lines[1].split() == ["debian-6.1/shmem/256M/x100/ram4G#1", "completed", "1.034", "no", "1235", "12.3", "met"]
-    assert lines[2].split()[:6] == ["debian-6.1/shmem/256M/x100/ram4G#1", "guest-hang", "-", "-", "-", "-"]
+    assert lines[0].split() == ["scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "kernel_log",
+                                "expectations"]
+    assert lines[1].split() == ["debian-6.1/shmem/256M/x100/ram4G#1", "completed", "1.034", "no", "1235", "12.3", "-",
+                                "met"]
+    assert lines[2].split()[:7] == ["debian-6.1/shmem/256M/x100/ram4G#1", "guest-hang", "-", "-", "-", "-", "-"]
     assert lines[2].endswith("FAILED: outcome: expected completed, measured guest-hang")
     assert totals([done, hang]) == ("2 scenario(s): 1 completed, 1 guest-hang; 1 with unmet expectations; "
                                     "guest time 105 s, mean overhead 7.5 s per scenario")

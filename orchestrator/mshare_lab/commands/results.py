@@ -122,6 +122,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_kernel_log(record: RunRecord, out: TextIO) -> None:
+    """The kernel's complaints: one line per kind, then the first excerpt of each."""
+    log = record.kernel_log
+    if log is None:
+        return
+    print(f"kernel log {log.describe().removeprefix('kernel log: ')}"
+          + (f" [from {log.source}]" if log.source != "none" else ""), file=out)
+    if log.crash_title:
+        print(f"           crash: {log.crash_title}", file=out)
+    for finding in log.findings:
+        where = f" in {finding.phase}" if finding.phase else " (phase unknown: not on the console)"
+        print(f"  {finding.kind}: {finding.count} line(s), first{where}:", file=out)
+        for line in finding.excerpt.splitlines():
+            print(f"    | {line}", file=out)
+
+
 def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str, list], out: TextIO) -> None:
     s = record.scenario
     w, g = s.workload, s.guest
@@ -135,6 +151,7 @@ def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str,
     release = record.kernel_metadata.get("release") or record.metric("kernel_release") or "?"
     print(f"kernel     {s.kernel} ({release})", file=out)
     print(f"outcome    {record.outcome}" + (f": {record.reason}" if record.reason else ""), file=out)
+    write_kernel_log(record, out)
     print(f"times      wall {format_seconds(record.wall_seconds)}, guest {format_seconds(record.guest_seconds)}, "
           f"overhead {format_seconds(record.overhead_seconds)}, attempts {record.attempts}", file=out)
     if s.expect:

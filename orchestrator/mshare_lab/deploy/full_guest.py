@@ -15,6 +15,7 @@ when ``run`` returns or raises.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -124,6 +125,10 @@ def run(scenario: Scenario, kernel: Any | None, driver: Any, workdir: Path,
                 _gather(target, guest, workdir, console)
                 raise
             evidence = _evidence(played, guest, scenario, console)
+            if kernel is not None:
+                # the lab's own kernel: its System.map names a crash's function
+                from ..lab.runner import system_map
+                evidence = dataclasses.replace(evidence, system_map=system_map(kernel))
             verdict = classify(evidence)
             if verdict.outcome != "completed":
                 _gather(target, guest, workdir, console)
@@ -138,6 +143,7 @@ def run(scenario: Scenario, kernel: Any | None, driver: Any, workdir: Path,
         scenario=scenario, outcome=verdict.outcome, reason=verdict.reason, kernel_metadata=boot.metadata,
         result=played.result, console_log=str(console), artifacts_dir=str(workdir),
         started_at=started, finished_at=time.time(), guest_seconds=guest_seconds,
+        kernel_log=verdict.kernel_log,
     )
 
 

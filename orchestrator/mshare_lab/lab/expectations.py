@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..units import format_size, parse_size
+from .kernel_log import KINDS as KERNEL_LOG_KINDS
 from .outcome import oom_report
 from .record import RunRecord
 from .scenario import OUTCOMES
@@ -39,7 +40,7 @@ METRICS: tuple[str, ...] = RESULT_METRICS + RECORD_METRICS
 
 #: every expectation key a matrix may use
 KNOWN: tuple[str, ...] = (
-    "outcome", "sharing_verified", "oom_kills_min",
+    "outcome", "sharing_verified", "oom_kills_min", "kernel_log",
     *(f"{m}_{bound}" for m in METRICS for bound in ("max", "min")),
 )
 
@@ -60,6 +61,8 @@ def validate(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"'{value}' must be true or false")
         return value
+    if key == "kernel_log":
+        return _kernel_log_demand(value)
     metric = key.rsplit("_", 1)[0]
     if _is_bytes(metric) and isinstance(value, str):
         return parse_size(value)     # pagetables_delta_bytes_max: 64M reads naturally
@@ -76,6 +79,33 @@ def _outcomes(value: Any) -> tuple[str, ...]:
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ValueError(f"unknown outcome '{item}'; {hint}choose from {', '.join(OUTCOMES)}")
     return tuple(values)
+
+
+#: ``kernel_log`` on a kernel built with patches when the entry does not say: clean apart
+#: from the stall detectors, which fire on an emulated guest whose host is busy (vCPUs stall
+#: for seconds under TCG) rather than on a kernel bug; a real hang is ``guest-hang``.
+PATCHED_KERNEL_LOG_DEFAULT: tuple[str, ...] = ("rcu-stall", "soft-lockup", "hard-lockup", "hung-task")
+
+
+def _kernel_log_demand(value: Any) -> Any:
+    """``clean`` (no report of any kind), ``any`` (no demand) or the list of kinds a clean
+    log may still hold (``[rcu-stall, hung-task]``)."""
+    if value in ("clean", "any"):
+        return value
+    kinds = value if isinstance(value, (list, tuple)) else None
+    if kinds is None or not all(isinstance(k, str) for k in kinds):
+        raise ValueError(f"'{value}' must be clean, any, or a list of report kinds to tolerate")
+    for kind in kinds:
+        if kind not in KERNEL_LOG_KINDS:
+            close = difflib.get_close_matches(kind, KERNEL_LOG_KINDS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown kernel-log kind '{kind}'; {hint}choose from {', '.join(KERNEL_LOG_KINDS)}")
+    return list(kinds)
+
+
+def patched(record: RunRecord) -> bool:
+    """The run's kernel was built with a patch series (the kernel under development)."""
+    return bool(record.kernel_metadata.get("patches"))
 
 
 #: outcomes that fail a scenario unless its ``outcome`` expectation names them
@@ -97,7 +127,29 @@ def check(expect: dict[str, Any], record: RunRecord) -> list[str]:
         message = _check_one(key, wanted, record)
         if message:
             failures.append(message)
+    if ("kernel_log" not in expect and patched(record) and record.kernel_log is not None
+            and record.outcome not in UNEXPECTED_UNLESS_NAMED):
+        # a patched kernel that corrupts its own accounting has failed, whatever it measured
+        message = _check_kernel_log(list(PATCHED_KERNEL_LOG_DEFAULT), record)
+        if message:
+            failures.append(message + " (the default for patched kernels; "
+                                      "'kernel_log: any' in expect turns it off)")
     return failures
+
+
+def _check_kernel_log(wanted: Any, record: RunRecord) -> str | None:
+    if wanted == "any":
+        return None
+    allowed = () if wanted == "clean" else tuple(wanted)
+    log = record.kernel_log
+    if log is None:
+        return f"kernel_log: expected clean, but the run kept no kernel log{_why(record)}"
+    bad = [f for f in log.findings if f.kind not in allowed]
+    if not bad:
+        return None
+    what = ", ".join(f"{f.count} {f.kind}" + (f" (first in {f.phase})" if f.phase else "") for f in bad)
+    tolerated = f" apart from {', '.join(allowed)}" if allowed else ""
+    return f"kernel_log: expected clean{tolerated}, measured {what}; first: {bad[0].first}"
 
 
 def _check_one(key: str, wanted: Any, record: RunRecord) -> str | None:
@@ -114,6 +166,8 @@ def _check_one(key: str, wanted: Any, record: RunRecord) -> str | None:
         if bool(measured) != wanted:
             return f"sharing_verified: expected {_bool(wanted)}, measured {_bool(measured)}"
         return None
+    if key == "kernel_log":
+        return _check_kernel_log(wanted, record)
     if key == "oom_kills_min":
         measured = oom_kills(record)
         if measured >= wanted:

@@ -13,15 +13,26 @@ order of trust:
    is the lab's problem (``infra-error``), never a kernel result;
 5. OOM-killer reports in the kernel log make the run ``oom`` even when the workload could
    not say so itself (the killer took the coordinator, or the init never got to report);
-6. a guest that ended without any report is ``infra-error`` with the console tail.
+6. a patched mechanism that completed without its page tables being shared is
+   ``unsupported`` ("interface present but page tables not shared"): a stock kernel or a
+   stand-in that accepts the interface is not page-table sharing;
+7. a guest that ended without any report is ``infra-error`` with the console tail.
+
+Every classification carries the kernel-log summary (``lab.kernel_log``); a panic is
+named after the crash report that caused it (syzbot style), not after the panic line.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+from .. import mechanisms
+from . import kernel_log
+from .kernel_log import KernelLog
 
 #: "Kernel panic - not syncing: ..." (x86 prints it once, then "---[ end Kernel panic")
 _PANIC = re.compile(r"Kernel panic - not syncing:?\s*(.*)")
@@ -66,6 +77,7 @@ class Evidence:
     status: dict[str, Any] | None = None         # the init's status frame
     dmesg: str | None = None                     # the dmesg frame
     broken_frames: tuple[str, ...] = ()          # "name: why" of frames that failed their checksum
+    system_map: Path | None = None               # the kernel's System.map, to name a crash's function
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class Classification:
     reason: str | None = None
     retry: bool = False                          # an infra error worth a second attempt
     oom: OomReport = OomReport()
+    kernel_log: KernelLog | None = None
 
 
 def find_panic(console: str) -> str | None:
@@ -109,14 +122,22 @@ def console_tail(console: str, lines: int = TAIL_LINES) -> str:
 
 
 def classify(ev: Evidence) -> Classification:
-    oom = oom_report(ev.dmesg, ev.console)
     panic = find_panic(ev.console)
+    log = kernel_log.scan(ev.dmesg, ev.console, system_map=ev.system_map,
+                          crashed=panic is not None or not ev.ended)
+    return replace(_classify(ev, panic, log), kernel_log=log)
+
+
+def _classify(ev: Evidence, panic: str | None, log: KernelLog) -> Classification:
+    oom = oom_report(ev.dmesg, ev.console)
     if panic is not None:
         extra = f"; before it, {oom.describe()}" if oom.kills else ""
-        return Classification("guest-panic", f"kernel panic: {panic}{extra}", oom=oom)
+        named = f"{log.crash_title} (kernel panic: {panic})" if log.crash_title else f"kernel panic: {panic}"
+        return Classification("guest-panic", f"{named}{extra}", oom=oom)
     if not ev.ended:
         tail = console_tail(ev.console) or "(nothing on the console)"
-        return Classification("guest-hang", f"the guest did not finish within {ev.timeout:g} s; "
+        after = f" after {log.crash_title}" if log.crash_title else ""
+        return Classification("guest-hang", f"the guest did not finish within {ev.timeout:g} s{after}; "
                                             f"console tail:\n{tail}", oom=oom)
     if ev.ended_by_infra:
         return Classification("infra-error", f"the domain was ended by the host side ({ev.end_reason}), "
@@ -132,8 +153,27 @@ def classify(ev: Evidence) -> Classification:
         return Classification("unsupported", (ev.result or {}).get("reason") or "the mechanism is not supported",
                               oom=oom)
     if workload == "completed":
+        unshared = not_shared(ev.result or {})
+        if unshared:
+            return Classification("unsupported", unshared, oom=oom)
         return Classification("completed", None, oom=oom)
     return Classification("infra-error", _no_report_reason(ev), retry=_worth_retry(ev), oom=oom)
+
+
+def not_shared(result: dict[str, Any]) -> str | None:
+    """Why a completed run of a patched mechanism is no sharing at all (None: it shared,
+    or the mechanism is a stock one, or the measurement could not decide)."""
+    name = result.get("mechanism")
+    if name not in mechanisms.MECHANISMS or not mechanisms.get(name).needs_patched_kernel:
+        return None
+    if result.get("sharing_verified") is not False:
+        return None
+    ratio = result.get("pte_ratio")
+    region = result.get("region_pagetable_bytes")
+    measured = (f": the region's page tables measured {region / 1024:.0f} KiB for "
+                f"{result.get('clients_attached')} clients, pte_ratio {ratio:.3f} of private page tables"
+                if isinstance(ratio, (int, float)) and isinstance(region, (int, float)) else "")
+    return f"interface present but page tables not shared{measured}"
 
 
 def _no_report_reason(ev: Evidence) -> str:

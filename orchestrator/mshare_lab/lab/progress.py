@@ -102,7 +102,10 @@ class LiveBoard:
             self._running.pop(index, None)
             verdict = ("expectations met" if not record.expectation_failures
                        else f"{len(record.expectation_failures)} expectation(s) NOT met")
-            self._emit(index, scenario_id, f"{record.outcome}, {verdict} "
+            log = getattr(record, "kernel_log", None)
+            # a kernel that warned or corrupted its accounting says so in the same line
+            complaints = f", {log.describe()}" if log is not None and not log.clean else ""
+            self._emit(index, scenario_id, f"{record.outcome}, {verdict}{complaints} "
                        f"(wall {record.wall_seconds:.1f}s, guest {record.guest_seconds:.1f}s)",
                        record.wall_seconds)
 

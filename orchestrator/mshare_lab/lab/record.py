@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .kernel_log import KernelLog
 from .scenario import Scenario
 
 
@@ -23,6 +24,7 @@ class RunRecord:
     guest_seconds: float = 0.0                # boot to power-off, as the guest saw the run
     attempts: int = 1                         # infra errors are retried once
     expectation_failures: list[str] = field(default_factory=list)
+    kernel_log: KernelLog | None = None       # what the guest kernel complained about (lab.kernel_log)
     run_id: str | None = None                 # assigned by the store
 
     @property

@@ -79,9 +79,10 @@ def hugepages_needed(spec: WorkloadSpec) -> int | None:
 def micro_env(scenario: Scenario, kernel: "KernelArtifact") -> dict[str, str]:
     from ..image import micro
     flags = kernel_flags(kernel.mechanisms)
+    sysctls = dict(item.split("=", 1) for item in scenario.guest.sysctls)
     return micro.env_for(workload_args(scenario.workload) + flags, flags,
                          nr_hugepages=hugepages_needed(scenario.workload),
-                         scenario_id=scenario.scenario_id)
+                         sysctls=sysctls or None, scenario_id=scenario.scenario_id)
 
 
 def resolve_kernel(name: str, progress: Progress = _quiet) -> "KernelArtifact":
@@ -153,7 +154,7 @@ def run_scenario(scenario: Scenario, *, driver: LibvirtDriver, progress: Progres
             timeseries=attempt.timeseries or {},
             console_log=str(workdir / "console.log"), artifacts_dir=str(workdir),
             started_at=started, finished_at=time.time(), guest_seconds=attempt.guest_seconds,
-            attempts=attempts)
+            attempts=attempts, kernel_log=cls.kernel_log)
     except KeyboardInterrupt:
         if created:
             # an interrupted run is no result: leave no half-written artifacts either
@@ -221,9 +222,16 @@ def _attempt_micro(scenario: Scenario, kernel: "KernelArtifact", base: Path, dri
         ended=ended, end_reason=end_reason, ended_by_infra=by_infra and not ended_by_guest(output),
         timeout=scenario.guest.timeout, console=serial.read_text(console_path),
         result=output.result, status=output.status, dmesg=output.dmesg,
-        broken_frames=tuple(f"{b.name}: {b.reason}" for b in output.broken))
+        broken_frames=tuple(f"{b.name}: {b.reason}" for b in output.broken),
+        system_map=system_map(kernel))
     _save_frames(output, workdir)
     return _Attempt(classify(evidence), result=output.result, guest_seconds=guest_seconds, timeseries=series)
+
+
+def system_map(kernel: "KernelArtifact") -> Path | None:
+    """The artifact's System.map (built kernels keep one), to name a crash's function."""
+    path = Path(kernel.path) / "System.map"
+    return path if path.is_file() else None
 
 
 def ended_by_guest(output: Any) -> bool:

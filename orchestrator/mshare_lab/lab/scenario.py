@@ -22,6 +22,13 @@ class GuestShape:
     image: str = "micro"          # "micro" (initramfs) or "debian" (disk image, Ansible)
     timeout: float = 600.0        # seconds before the run is declared a guest-hang
     hugepage_backing: bool = False  # back guest RAM with host huge pages
+    #: micro guests: "key=value" sysctls the init sets before the probe (Python API; the
+    #: kernel tests arm the CI kernel's report trigger with it)
+    sysctls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # stored runs give a list back; keep the shape hashable
+        object.__setattr__(self, "sysctls", tuple(self.sysctls))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from .record import RunRecord
 
-COLUMNS = ("scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "expectations")
+COLUMNS = ("scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "kernel_log", "expectations")
 
 
 def _cell(value: Any, fmt: str = "{}") -> str:
@@ -26,8 +26,19 @@ def row(record: RunRecord) -> tuple[str, ...]:
         _cell(record.metric("sharing_verified")),
         _cell(record.metric("throughput_tps"), "{:.0f}"),
         _cell(record.metric("protect_change_us"), "{:.1f}"),
+        kernel_log_cell(record),
         "met" if not failures else f"FAILED: {'; '.join(failures)}",
     )
+
+
+def kernel_log_cell(record: RunRecord) -> str:
+    """``clean``, or the kinds the kernel complained of (``170 bad-rss-counter,1 warning``)."""
+    log = record.kernel_log
+    if log is None or log.source == "none":
+        return "-"
+    if log.clean:
+        return "clean"
+    return ",".join(f"{f.count} {f.kind}" for f in log.findings)
 
 
 def summary_table(records: Iterable[RunRecord]) -> str:

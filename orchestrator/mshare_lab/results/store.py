@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import NotFoundError, UserError
+from ..lab.kernel_log import KernelLog
 from ..lab.record import RunRecord
 from ..lab.scenario import GuestShape, Scenario
 from ..options import WorkloadSpec
@@ -91,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
         value REAL NOT NULL
     );
     CREATE INDEX timeseries_by_run ON timeseries(run_id, series, t);
+    """,
+    # v3: the kernel-log summary of each run (lab.kernel_log: counts per kind, first
+    # excerpt, phase, crash title); NULL for runs stored before it existed
+    """
+    ALTER TABLE runs ADD COLUMN kernel_log TEXT;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -227,14 +233,15 @@ class ResultStore:
             conn.execute(
                 "INSERT INTO runs(run_id, scenario_id, point_id, kernel, mechanism, sga, clients, ram, repeat,"
                 " outcome, reason, started_at, finished_at, guest_seconds, attempts, expectation_failures,"
-                " console_log, artifacts_dir, matrix_source, scenario, result)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " console_log, artifacts_dir, matrix_source, scenario, result, kernel_log)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, scenario.scenario_id, scenario.point_id, scenario.kernel, workload.mechanism,
                  workload.sga, workload.clients, scenario.guest.memory, scenario.repeat,
                  record.outcome, record.reason, record.started_at, record.finished_at, record.guest_seconds,
                  record.attempts, _json(list(record.expectation_failures)), record.console_log,
                  record.artifacts_dir, matrix_source or scenario.source, scenario_to_json(scenario),
-                 _json(result) if result is not None else None))
+                 _json(result) if result is not None else None,
+                 _json(record.kernel_log.to_dict()) if record.kernel_log is not None else None))
             conn.executemany("INSERT INTO metrics(run_id, name, value) VALUES (?, ?, ?)",
                              [(run_id, name, value) for name, value in flatten_metrics(result).items()])
             conn.executemany("INSERT INTO timeseries(run_id, series, t, value) VALUES (?, ?, ?, ?)",
@@ -308,6 +315,7 @@ class ResultStore:
             started_at=row["started_at"] or 0.0, finished_at=row["finished_at"] or 0.0,
             guest_seconds=row["guest_seconds"] or 0.0, attempts=row["attempts"],
             expectation_failures=json.loads(row["expectation_failures"]),
+            kernel_log=KernelLog.from_dict(json.loads(row["kernel_log"])) if row["kernel_log"] else None,
             run_id=row["run_id"])
 
 
