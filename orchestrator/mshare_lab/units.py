@@ -83,7 +83,7 @@ def format_metric(name: str, value: float | int | None) -> str:
 
 def metric_formatter(name: str):
     """The formatter ``format_metric`` uses for ``name``: for columns of one metric."""
-    if "_bytes" in name:
+    if "_bytes" in name or name.endswith("_size"):
         return format_size
     if name.endswith("_us") or name.startswith("latency_us."):
         return format_microseconds

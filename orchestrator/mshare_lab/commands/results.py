@@ -165,7 +165,7 @@ def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str,
         for name, value in metrics.items():
             # human units, with the exact stored value beside them where they round
             shown = format_metric(name, value)
-            if shown != f"{value:g}" and not name.endswith(("_ratio", "_raw")):
+            if shown.split(" ")[0].replace(",", "") != f"{value:g}" and not name.endswith(("_ratio", "_raw")):
                 shown += f" ({value:.0f})" if value == int(value) else f" ({value:g})"
             print(f"  {name.ljust(width)}  {shown}", file=out)
     if series:
