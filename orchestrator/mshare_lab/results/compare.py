@@ -82,10 +82,17 @@ def welch_p(sample: list[float], baseline: list[float]) -> tuple[float | None, s
         # both samples constant: the t statistic is undefined
         return None, "no variance, no test"
     # imported here: scipy takes seconds to load and every CLI start imports this module
+    import warnings
+
     from scipy import stats
-    p = float(stats.ttest_ind(sample, baseline, equal_var=False).pvalue)
+    with warnings.catch_warnings(record=True) as caught:
+        # scipy warns (on stderr, mid-table) when the samples are nearly identical: say it in the row
+        warnings.simplefilter("always", RuntimeWarning)
+        p = float(stats.ttest_ind(sample, baseline, equal_var=False).pvalue)
     if math.isnan(p):
         return None, "no variance, no test"
+    if any(issubclass(w.category, RuntimeWarning) for w in caught):
+        return p, "nearly identical samples: p imprecise"
     return p, ""
 
 
