@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -87,7 +88,9 @@ def inventory(targets: Sequence[SshTarget], *, control_path_dir: Path | None = N
     hosts: dict[str, dict[str, Any]] = {}
     for target in targets:
         ssh_args = [
-            f"-o UserKnownHostsFile={target.known_hosts}",
+            # Ansible shlex-splits these, and ssh itself splits this option's value at
+            # spaces (it takes a list of files): quoted twice, a lab home with a space works
+            "-o " + shlex.quote(f'UserKnownHostsFile="{target.known_hosts}"'),
             "-o GlobalKnownHostsFile=/dev/null",
             "-o StrictHostKeyChecking=yes",
             "-o IdentitiesOnly=yes",
