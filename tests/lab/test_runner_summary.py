@@ -25,6 +25,9 @@ def test_table_rows_and_totals():
                                 "met"]
     assert lines[2].split()[:7] == ["debian-6.1/shmem/256M/x100/ram4G#1", "guest-hang", "-", "-", "-", "-", "-"]
     assert lines[2].endswith("FAILED: outcome: expected completed, measured guest-hang")
+    unheld = record("unsupported", {"protect_change_us": None, "protect_effective": {"asked": 6, "acked": 6,
+                                                                                   "held": 0}})
+    assert summary_table([unheld]).splitlines()[1].split()[5:7] == ["held", "0/6"]
     assert totals([done, hang]) == ("2 scenario(s): 1 completed, 1 guest-hang; 1 with unmet expectations; "
                                     "guest time 105 s, mean overhead 7.5 s per scenario")
     assert totals([]) == "no scenario ran"

@@ -76,6 +76,10 @@ def test_private_page_tables_match_theory(binary, mechanism):
     assert result.latency_us.p99 >= result.latency_us.p50
     assert result.protect_mode == "per-client" and result.raw["protect_acked"] == 100
     assert result.protect_change_us > 0
+    # proven in every client by a write: it faulted under read-only, went through after
+    assert result.raw["protect_effective"] == {"asked": 100, "acked": 100, "held": 100}
+    assert result.raw["protect_back_effective"] == {"asked": 100, "acked": 100, "held": 100}
+    assert result.raw["protect_back_us"] > 0
 
 
 def test_hugetlb_pmd_sharing_is_measured(binary):
@@ -146,6 +150,7 @@ def test_two_thousand_clients_attach_and_are_reaped(binary):
     assert result.outcome == "completed", why
     assert result.clients_attached == 2000, why
     assert result.raw["protect_acked"] == 2000, why
+    assert result.raw["protect_effective"]["held"] == result.raw["protect_back_effective"]["held"] == 2000, why
 
 
 def _sysv_keys() -> set[int]:

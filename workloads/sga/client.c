@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,28 @@ static void wait_phase_at_least(struct control *ctl, int phase)
 
 static volatile sig_atomic_t protect_pending;
 static void on_protect(int sig) { (void)sig; protect_pending = 1; }
+
+static sigjmp_buf probe_env;
+static void on_probe_fault(int sig) { (void)sig; siglongjmp(probe_env, 1); }
+
+/* Whether a write to *p goes through (1) or faults (0): the proof that a protection
+ * change reached this process. It writes back the byte it read, so data never changes. */
+static int write_goes_through(volatile char *p)
+{
+    struct sigaction sa = { .sa_handler = on_probe_fault }, old_segv, old_bus;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+    volatile int wrote = 0;
+    if (sigsetjmp(probe_env, 1) == 0) {
+        char v = *p;
+        *p = v;
+        wrote = 1;
+    }
+    sigaction(SIGSEGV, &old_segv, NULL);
+    sigaction(SIGBUS, &old_bus, NULL);
+    return wrote;
+}
 
 static uint64_t xorshift(uint64_t *s)
 {
@@ -151,22 +174,32 @@ void client_main(const struct config *cfg, struct control *ctl, int idx, const c
     uint64_t nblocks = ws > HEADER_BYTES ? (ws - HEADER_BYTES) / BLOCK_BYTES : 0;
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 17) ^ (uint64_t)now_ns();
     uint64_t write_cut = (uint64_t)(cfg->write_share * 18446744073709551615.0);
-    int read_only = 0;
+    int read_only = 0, stage = 0;   /* protection changes taken: 1 read-only, 2 read-write */
     uint64_t sink = 0;
     while (atomic_load_explicit(&ctl->phase, memory_order_relaxed) == PH_GO) {
-        if (!read_only && atomic_load_explicit(&ctl->protect, memory_order_relaxed)) {
+        if (stage < 2 && atomic_load_explicit(&ctl->protect, memory_order_relaxed) > stage) {
+            int want = stage + 1, ready = 0;
             if (mech->owner_protects) {
-                /* shared page tables: the owner's one mprotect covers everyone */
-                if (atomic_load(&ctl->owner_protect_done))
-                    read_only = 1;
+                /* shared page tables: the owner's one mprotect is meant to cover everyone */
+                ready = atomic_load(&ctl->owner_protect_done) >= want;
             } else if (protect_pending) {
-                if (mprotect(addr, cfg->map_size, PROT_READ) < 0)
-                    snprintf(slot->err, sizeof slot->err, "mprotect(PROT_READ): %s", strerror(errno));
-                read_only = 1;
+                protect_pending = 0;
+                if (mprotect(addr, cfg->map_size, want == 1 ? PROT_READ : PROT_READ | PROT_WRITE) < 0)
+                    snprintf(slot->err, sizeof slot->err, "mprotect(%s): %s",
+                             want == 1 ? "PROT_READ" : "PROT_READ|PROT_WRITE", strerror(errno));
+                ready = 1;
             }
-            if (read_only) {
-                atomic_store(&slot->ack_ns, now_ns());
+            if (ready) {
+                /* proven, not assumed: read-only holds when a write faults, read-write
+                 * when it goes through */
+                int held = write_goes_through((volatile char *)hdr->pad) == (want == 2);
+                if (held)
+                    atomic_fetch_or(&slot->held, want);
+                atomic_store(want == 1 ? &slot->ack_ns : &slot->back_ns, now_ns());
                 atomic_fetch_add(&ctl->acked, 1);
+                stage = want;
+                /* no writes while read-only, nor after a change back that did not hold */
+                read_only = want == 1 || !held;
             }
         }
         int64_t s = now_ns();
@@ -225,13 +258,19 @@ void owner_main(struct config *cfg, struct control *ctl)
 
     int done = 0, seen;
     while ((seen = atomic_load(&ctl->phase)) < PH_EXIT) {
-        if (!done && mech->owner_protects && atomic_load(&ctl->protect)) {
-            atomic_store(&hdr->read_only, 1);
-            if (mprotect(addr, cfg->map_size, PROT_READ) < 0)
+        int want = atomic_load(&ctl->protect);
+        if (mech->owner_protects && want > done && want <= 2) {
+            /* 1: read-only (the header flag first, while it can still be written),
+             * 2: back to read-write (the flag after) */
+            if (want == 1)
+                atomic_store(&hdr->read_only, 1);
+            if (mprotect(addr, cfg->map_size, want == 1 ? PROT_READ : PROT_READ | PROT_WRITE) < 0)
                 snprintf(ctl->owner_err, sizeof ctl->owner_err, "owner mprotect: %s", strerror(errno));
+            else if (want == 2)
+                atomic_store(&hdr->read_only, 0);
             atomic_store(&ctl->owner_protect_ns, now_ns());
-            atomic_store(&ctl->owner_protect_done, 1);
-            done = 1;
+            atomic_store(&ctl->owner_protect_done, want);
+            done = want;
         }
         /* the coordinator wakes the phase word when it asks for the protection change */
         futex_wait_change(&ctl->phase, seen, 20);

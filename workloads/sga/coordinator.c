@@ -4,6 +4,7 @@
 #include "sga.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -60,6 +61,8 @@ static struct run {
     double p50, p90, p99;
     double protect_us;
     int protect_acked;
+    /* each protection change (0: read-only, 1: back to read-write), as the clients proved it */
+    struct protect_stat { int done, asked, acked, held; double us; } protect[2];
     int64_t oom_vmstat_before, oom_vmstat_delta, cg_oom_kill;
     int populate_madvise;
     /* memory cgroup */
@@ -312,6 +315,21 @@ static void render(struct jbuf *b, int final)
     jb_num(b, "protect_change_us", R.protect_us);
     jb_str(b, "protect_mode", R.mech ? (R.mech->owner_protects ? "owner" : "per-client") : NULL);
     jb_int(b, "protect_acked", R.protect_acked);
+    jb_num(b, "protect_back_us", R.protect[1].us);
+    for (int k = 0; k < 2; k++) {
+        const struct protect_stat *ps = &R.protect[k];
+        const char *name = k == 0 ? "protect_effective" : "protect_back_effective";
+        if (!ps->done) {
+            jb_null(b, name);
+            continue;
+        }
+        jb_key(b, name);
+        jb_obj_begin(b);
+        jb_int(b, "asked", ps->asked);
+        jb_int(b, "acked", ps->acked);
+        jb_int(b, "held", ps->held);
+        jb_obj_end(b);
+    }
 
     jb_key(b, "oom_kills");
     jb_obj_begin(b);
@@ -393,9 +411,31 @@ static void render(struct jbuf *b, int final)
     jb_obj_end(b);
 }
 
+/* In a lab guest (MSHARE_SGA_KMSG_PHASES=1, set by the micro init) each new phase is
+ * also a line in the kernel log, so that what the kernel reports is placed in the phase
+ * it happened in (orchestrator lab/kernel_log.py). Info level: never on the console. */
+static void kmsg_phase(const char *phase)
+{
+    static int fd = -2;
+    static const char *last;
+    if (fd == -2) {
+        const char *on = getenv("MSHARE_SGA_KMSG_PHASES");
+        fd = on && strcmp(on, "1") == 0 ? open("/dev/kmsg", O_WRONLY | O_CLOEXEC) : -1;
+    }
+    if (fd < 0 || (last && strcmp(last, phase) == 0))
+        return;
+    last = phase;
+    char line[80];
+    int n = snprintf(line, sizeof line, "<6>mshare-lab: phase %s\n", phase);
+    if (write(fd, line, (size_t)n) < 0) {
+        /* rate-limited or refused: the phase is only a hint for the log reader */
+    }
+}
+
 static void progress(const char *phase)
 {
     R.phase = phase;
+    kmsg_phase(phase);
     if (R.nmarks < (int)(sizeof R.marks / sizeof R.marks[0]) &&
         (R.nmarks == 0 || strcmp(R.marks[R.nmarks - 1].name, phase) != 0)) {
         R.marks[R.nmarks].name = phase;
@@ -831,6 +871,8 @@ static int all_detached(void) { return alive_in_state_at_least(S_DETACHED) == al
 static int owner_settled(void) { return atomic_load(&CTL->owner_state) != 0 || owner_pid < 0; }
 static int never(void) { return 0; }
 
+static int protect_stage = 1;   /* the change all_acked waits for */
+
 static int all_acked(void)
 {
     int n = 0, running = 0;
@@ -840,10 +882,56 @@ static int all_acked(void)
         if (reaped[i] || (st != S_RUNNING && st != S_POPULATED))
             continue;
         running++;
-        if (atomic_load(&CTL->slots[i].ack_ns))
+        if (atomic_load(protect_stage == 1 ? &CTL->slots[i].ack_ns : &CTL->slots[i].back_ns))
             n++;
     }
     return n == running;
+}
+
+/* One protection change (1: read-only, 2: back to read-write) asked of every running
+ * client and timed until the last client that verified it: after the change each client
+ * tries a write, and the new protection held when read-only faults it and read-write lets
+ * it through. A change that did not hold everywhere shows as held < asked. */
+static void protection_change(int stage)
+{
+    struct protect_stat *ps = &R.protect[stage - 1];
+    ps->asked = 0;
+    for (int i = 0; i < R.forked; i++) {
+        int st = atomic_load(&CTL->slots[i].state);
+        if (!reaped[i] && (st == S_RUNNING || st == S_POPULATED))
+            ps->asked++;
+    }
+    protect_stage = stage;
+    int64_t p0 = now_ns();
+    atomic_store(&CTL->protect, stage);
+    if (R.mech->owner_protects) {
+        futex_wake_all(&CTL->phase);
+    } else {
+        /* one kill for the group, then each pid: a client that could not join the
+         * group (its leader OOM-killed) must not be missed; a second signal is harmless */
+        if (clients_pgid)
+            kill(-clients_pgid, SIGUSR1);
+        for (int i = 0; i < R.forked; i++)
+            if (!reaped[i] && CTL->slots[i].pid > 0)
+                kill(CTL->slots[i].pid, SIGUSR1);
+    }
+    if (wait_for(all_acked, 60) < 0 && !interrupted)
+        add_error("not every client verified the %s protection change within 60 s",
+                  stage == 1 ? "read-only" : "read-write");
+    int64_t last = 0;
+    for (int i = 0; i < R.forked; i++) {
+        int64_t a = atomic_load(stage == 1 ? &CTL->slots[i].ack_ns : &CTL->slots[i].back_ns);
+        if (!a)
+            continue;
+        ps->acked++;
+        if (atomic_load(&CTL->slots[i].held) & stage) {
+            ps->held++;
+            if (a > last)
+                last = a;
+        }
+    }
+    ps->us = last ? (double)(last - p0) / 1e3 : NAN;
+    ps->done = 1;
 }
 
 static void set_phase(int phase)
@@ -1024,6 +1112,7 @@ static void init_run(struct config *cfg)
     R.pt_peak = read_meminfo_kb("PageTables") * 1024;
     R.vm_min = R.vm_med = R.vm_max = -1;
     R.p50 = R.p90 = R.p99 = R.protect_us = R.attach_populate_s = NAN;
+    R.protect[0].us = R.protect[1].us = NAN;
     R.sample_every = cfg->sample_interval;
     R.oom_vmstat_before = read_vmstat("oom_kill");
     struct utsname u;
@@ -1233,34 +1322,12 @@ int coordinator_run(struct config *cfg)
             return cleanup_and_report(0);
         }
 
-        /* protection change across all clients, timed until the last one runs with it */
-        int64_t p0 = now_ns();
-        atomic_store(&CTL->protect, 1);
-        if (R.mech->owner_protects) {
-            futex_wake_all(&CTL->phase);
-        } else {
-            /* one kill for the group, then each pid: a client that could not join the
-             * group (its leader OOM-killed) must not be missed; a second signal is harmless */
-            if (clients_pgid)
-                kill(-clients_pgid, SIGUSR1);
-            for (int i = 0; i < R.forked; i++)
-                if (!reaped[i] && CTL->slots[i].pid > 0)
-                    kill(CTL->slots[i].pid, SIGUSR1);
-        }
-        if (wait_for(all_acked, 60) < 0 && !interrupted)
-            add_error("not every client acknowledged the protection change within 60 s");
-        int64_t last = 0;
-        R.protect_acked = 0;
-        for (int i = 0; i < R.forked; i++) {
-            int64_t a = atomic_load(&CTL->slots[i].ack_ns);
-            if (a) {
-                R.protect_acked++;
-                if (a > last)
-                    last = a;
-            }
-        }
-        if (last)
-            R.protect_us = (double)(last - p0) / 1e3;
+        /* protection changes across all clients: read-only, then back to read-write, each
+         * timed until the last client that proved it with a write */
+        protection_change(1);
+        protection_change(2);
+        R.protect_us = R.protect[0].us;
+        R.protect_acked = R.protect[0].acked;
         set_phase(PH_PARK);
         R.tx_seconds = (double)(now_ns() - go) / 1e9;
         wait_for(all_parked, 60);

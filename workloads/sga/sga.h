@@ -80,7 +80,9 @@ struct slot {
     int64_t vmpte_after;         /* bytes, after populating */
     int64_t attach_ns, populated_ns;
     _Atomic uint64_t tx, tx_writes;
-    _Atomic int64_t ack_ns;      /* when it runs with the new protection, 0 = not yet */
+    _Atomic int64_t ack_ns;      /* when it verified the read-only change, 0 = not yet */
+    _Atomic int64_t back_ns;     /* when it verified the change back to read-write */
+    _Atomic int held;            /* bit 1: read-only held (a write faulted), bit 2: read-write held */
     int populate_method;         /* 0 touch, 1 MADV_POPULATE_WRITE */
     char err[120];
     uint32_t hist[HIST_BUCKETS]; /* transaction latency, log-linear ns buckets */
@@ -91,9 +93,9 @@ enum phase { PH_READY, PH_ATTACH, PH_GO, PH_PARK, PH_DETACH, PH_EXIT };
 /* Control area: anonymous shared memory created before any fork (not the region). */
 struct control {
     _Atomic int phase;           /* futex word */
-    _Atomic int protect;         /* 1 once the protection change was asked for */
+    _Atomic int protect;         /* protection changes asked for: 1 read-only, 2 back to read-write */
     _Atomic int owner_state;     /* 0 starting, 1 ready, -1 failed */
-    _Atomic int owner_protect_done;
+    _Atomic int owner_protect_done;  /* the owner's mprotect done for change 1, then 2 */
     _Atomic int64_t owner_protect_ns;
     _Atomic int populated, parked, detached, failed, acked;
     char owner_err[200];

@@ -32,6 +32,8 @@ RESULT_METRICS: tuple[str, ...] = (
     "vmpte_bytes.min", "vmpte_bytes.median", "vmpte_bytes.max", "vmpte_bytes.sum",
     "attach_populate_s", "transactions", "transactions_written", "throughput_tps",
     "latency_us.p50", "latency_us.p90", "latency_us.p99", "protect_change_us", "protect_acked",
+    "protect_back_us", "protect_effective.asked", "protect_effective.acked", "protect_effective.held",
+    "protect_back_effective.asked", "protect_back_effective.acked", "protect_back_effective.held",
     "oom_kills.clients_killed", "oom_kills.vmstat_oom_kill_delta", "oom_kills.cgroup_oom_kill",
 )
 #: numbers the run record itself carries (not the workload's)
@@ -40,7 +42,7 @@ METRICS: tuple[str, ...] = RESULT_METRICS + RECORD_METRICS
 
 #: every expectation key a matrix may use
 KNOWN: tuple[str, ...] = (
-    "outcome", "sharing_verified", "oom_kills_min", "kernel_log",
+    "outcome", "sharing_verified", "oom_kills_min", "kernel_log", "protect_held",
     *(f"{m}_{bound}" for m in METRICS for bound in ("max", "min")),
 )
 
@@ -57,7 +59,7 @@ def validate(key: str, value: Any) -> Any:
         raise ValueError(f"unknown expectation '{key}'{hint}")
     if key == "outcome":
         return list(_outcomes(value))   # a list so the scenario round-trips through JSON
-    if key == "sharing_verified":
+    if key in ("sharing_verified", "protect_held"):
         if not isinstance(value, bool):
             raise ValueError(f"'{value}' must be true or false")
         return value
@@ -137,6 +139,28 @@ def check(expect: dict[str, Any], record: RunRecord) -> list[str]:
     return failures
 
 
+def protect_held(record: RunRecord) -> tuple[bool | None, str]:
+    """Whether both protection changes held in every client asked (None: no change ran),
+    and the measured "held/asked" of each direction."""
+    parts, held = [], True
+    for name, label in (("protect_effective", "read-only"), ("protect_back_effective", "read-write")):
+        value = record.metric(name)
+        if not isinstance(value, dict):
+            return None, "no protection change ran"
+        parts.append(f"{label} held in {value.get('held')}/{value.get('asked')}")
+        held = held and bool(value.get("asked")) and value.get("held") == value.get("asked")
+    return held, ", ".join(parts)
+
+
+def _check_protect_held(wanted: bool, record: RunRecord) -> str | None:
+    held, measured = protect_held(record)
+    if held is None:
+        return f"protect_held: expected {_bool(wanted)}, but {measured}{_why(record)}"
+    if held != wanted:
+        return f"protect_held: expected {_bool(wanted)}, measured {measured}"
+    return None
+
+
 def _check_kernel_log(wanted: Any, record: RunRecord) -> str | None:
     if wanted == "any":
         return None
@@ -168,6 +192,8 @@ def _check_one(key: str, wanted: Any, record: RunRecord) -> str | None:
         return None
     if key == "kernel_log":
         return _check_kernel_log(wanted, record)
+    if key == "protect_held":
+        return _check_protect_held(wanted, record)
     if key == "oom_kills_min":
         measured = oom_kills(record)
         if measured >= wanted:

@@ -25,10 +25,19 @@ def row(record: RunRecord) -> tuple[str, ...]:
         _cell(record.metric("pte_ratio"), "{:.3f}"),
         _cell(record.metric("sharing_verified")),
         _cell(record.metric("throughput_tps"), "{:.0f}"),
-        _cell(record.metric("protect_change_us"), "{:.1f}"),
+        protect_cell(record),
         kernel_log_cell(record),
         "met" if not failures else f"FAILED: {'; '.join(failures)}",
     )
+
+
+def protect_cell(record: RunRecord) -> str:
+    """The time to the last client that proved the read-only change; a change that did not
+    hold in every client shows as ``held 0/6``, never as a fast change."""
+    effective = record.metric("protect_effective")
+    if isinstance(effective, dict) and effective.get("held") != effective.get("asked"):
+        return f"held {effective.get('held')}/{effective.get('asked')}"
+    return _cell(record.metric("protect_change_us"), "{:.1f}")
 
 
 def kernel_log_cell(record: RunRecord) -> str:
