@@ -18,6 +18,12 @@ def register(subparsers) -> None:
     build.add_argument("--ref", help="git ref (branch, tag, commit) when SRC is a git repository")
     build.add_argument("--patch", action="append", default=[], type=Path, metavar="P",
                        help="patch file, directory of patches (name order) or mbox (git am / b4); repeatable")
+    build.add_argument("--series", metavar="MSGID|URL",
+                       help="a series on lore/public-inbox: b4 takes the newest revision, in order, with trailers")
+    build.add_argument("--series-mbox", type=Path, metavar="FILE",
+                       help="the same from a thread saved as an mbox (offline); applied before any --patch")
+    build.add_argument("--no-ccache", dest="ccache", action="store_false",
+                       help="compile everything (the artifact is the same either way)")
     build.add_argument("--fragment", action="append", default=[], metavar="F",
                        help="Kconfig fragment file, or the name of one in images/kernel/ (e.g. mshare); repeatable")
     build.add_argument("--name", required=True, help="name to register the kernel under")
@@ -43,7 +49,8 @@ def _build(args: argparse.Namespace) -> int:
     from ..kernel.progress import stderr_progress
 
     request = BuildRequest(source=args.source, ref=args.ref, patches=tuple(args.patch),
-                           fragments=tuple(args.fragment), name=args.name, force=args.force, jobs=args.jobs)
+                           fragments=tuple(args.fragment), name=args.name, force=args.force, jobs=args.jobs,
+                           ccache=args.ccache, series=args.series, series_mbox=args.series_mbox)
     artifact = build_kernel(request, stderr_progress)
     print(f"{artifact.name}: {artifact.release} at {artifact.path}")
     return 0
