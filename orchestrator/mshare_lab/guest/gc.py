@@ -51,6 +51,7 @@ def gc(uri: str | None = None, *, everything: bool = False, driver: LibvirtDrive
             report.domains.append(name)
             report.files.extend(files)
         report.scratch_dirs = _sweep_scratch(everything=everything, keep=driver.run_id)
+        report.files.extend(_sweep_unstored_runs([p.name for p in report.scratch_dirs]))
     finally:
         if own:
             driver.close()
@@ -65,6 +66,28 @@ def _sweep_scratch(*, everything: bool, keep: str) -> list[Path]:
         if everything or not _scratch_owner_alive(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    return removed
+
+
+def _sweep_unstored_runs(dead_run_ids: list[str]) -> list[Path]:
+    """Run directories of scenarios a killed matrix run never stored (their console and
+    serial logs); the directories of stored runs (marked, or kept as record.json) stay."""
+    from .. import paths
+    from ..lab.runner import STORED_MARK
+    from ..results.record_file import RECORD_FILE
+    removed = []
+    for run_id in dead_run_ids:
+        root = paths.runs_dir() / run_id
+        if not root.is_dir():
+            continue
+        for workdir in sorted(root.iterdir()):
+            if workdir.is_dir() and not (workdir / STORED_MARK).exists() and not (workdir / RECORD_FILE).exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+                removed.append(workdir)
+        try:
+            root.rmdir()
+        except OSError:
+            pass
     return removed
 
 

@@ -359,6 +359,10 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     return [records[i] for i in sorted(records)]
 
 
+#: in a scenario's run directory once its record is in the store (gc keeps such directories)
+STORED_MARK = ".stored"
+
+
 def _store_or_keep(store: "ResultStore", record: RunRecord, scenario: Scenario, workdir: Path,
                    say: Progress) -> None:
     """Store the record; when the store cannot take it, keep it as JSON in the run directory.
@@ -369,6 +373,9 @@ def _store_or_keep(store: "ResultStore", record: RunRecord, scenario: Scenario, 
     from ..results.record_file import RECORD_FILE, write_record
     try:
         store.add(record, matrix_source=scenario.source)
+        # gc keeps the directories of stored runs when it sweeps a killed matrix run
+        if workdir.is_dir():
+            (workdir / STORED_MARK).touch()
     except (sqlite3.Error, LabError, OSError) as exc:
         workdir.mkdir(parents=True, exist_ok=True)
         kept = write_record(record, workdir / RECORD_FILE)
@@ -398,7 +405,14 @@ def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) 
 
     Returns the micro base image (None when no scenario uses it)."""
     for name in sorted({s.kernel for s in scenarios}):
-        resolve_kernel(name, say)
+        try:
+            resolve_kernel(name, say)
+        except NotFoundError as exc:
+            # say which line of the matrix names it
+            source = next((s.source for s in scenarios if s.kernel == name and s.source), None)
+            if not source:
+                raise
+            raise NotFoundError(f"{source}: {exc.message}", hint=exc.hint) from exc
     base = None
     if any(s.guest.image == "micro" for s in scenarios):
         from ..image import micro
