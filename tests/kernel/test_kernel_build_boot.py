@@ -68,13 +68,16 @@ def test_build_metadata_describes_what_was_built(marker_kernel, tarball_sha256):
                               "digest": tarball_sha256}
     [series] = meta["patches"]
     assert series["files"][0]["sha256"] == sha256_of(FIXTURES / "marker-series.mbox")
-    assert series["units"] == 2
+    assert series["units"] == 4
     assert meta["fragments"][0]["path"].endswith("images/kernel/base.config")
-    assert meta["mechanisms"] == {"shmem": {}, "sysv": {}, "thp": {}, "hugetlb": {}}
+    # the stand-in patches (3-4) make the tree look like a page-table sharing series
+    assert meta["mechanisms"] == {"shmem": {}, "sysv": {}, "thp": {}, "hugetlb": {},
+                                  "msharefs-ioctl": {"abi": "2024"}, "ptshare": {"map_flag": 0x200000}}
     assert meta["compiler"].startswith("gcc") and meta["build_seconds"] > 0
     for name in ("bzImage", ".config", "System.map", "build.log"):
         assert (artifact.path / name).stat().st_size > 0, name
     assert "init/mshare_lab_marker.o" in (artifact.path / "build.log").read_text()
+    assert "mm/mshare_lab_standin.o" in (artifact.path / "build.log").read_text()
     assert "CONFIG_VIRTIO_BLK=y" in artifact.config.read_text()
     print(f"\nkernel build (or cache hit) took {marker_kernel.seconds:.1f} s; "
           f"recorded build_seconds {meta['build_seconds']}")
@@ -126,9 +129,20 @@ def test_cli_lists_and_shows_the_kernel(marker_kernel):
     cli = [sys.executable, "-m", "mshare_lab.cli", "kernel"]
     listing = subprocess.run([*cli, "list"], capture_output=True, text=True, check=True).stdout
     row = next(line for line in listing.splitlines() if line.startswith("test-marker-6.12 "))
-    assert marker_kernel.artifact.release in row and "built" in row and "hugetlb,shmem,sysv,thp" in row
+    assert marker_kernel.artifact.release in row and "built" in row and "hugetlb,msharefs-ioctl(2024),ptshare(0x200000),shmem,sysv,thp" in row
     shown = subprocess.run([*cli, "show", "test-marker-6.12"], capture_output=True, text=True, check=True).stdout
-    assert '"kind": "built"' in shown and str(marker_kernel.artifact.path) in shown
+    lines = shown.splitlines()
+    # the human summary first: release, source, patches with subjects, mechanisms, build, path
+    assert lines[0] == "name        test-marker-6.12"
+    assert lines[1] == f"release     {marker_kernel.artifact.release}  (built)"
+    assert lines[2].startswith("source      tarball /usr/src/linux-source-6.12.tar.xz (")
+    assert "              4. mm: test stand-in msharefs and kernel-log trigger" in lines
+    assert "  msharefs-ioctl  ioctl ABI 2024" in lines and "  ptshare         MAP_SHARED_PT = 0x200000" in lines
+    assert any(line.startswith("build       ") and " s with -j" in line for line in lines)
+    assert lines[-1] == f"path        {marker_kernel.artifact.path}"
+    as_json = subprocess.run([*cli, "show", "--json", "test-marker-6.12"], capture_output=True, text=True,
+                             check=True).stdout
+    assert json.loads(as_json)["kind"] == "built"
     missing = subprocess.run([*cli, "show", "no-such-kernel"], capture_output=True, text=True)
     assert missing.returncode == 2 and "test-marker-6.12" in missing.stderr
     assert missing.stderr.count("\n") == 1

@@ -65,10 +65,16 @@ def test_fragment_by_name_and_unknown_name():
 
 def test_mbox_series_splits_into_messages():
     series = patches.expand(FIXTURES / "marker-series.mbox")
-    assert len(series.units) == 2
-    assert "[1/2]" in series.units[0].label and "test marker source" in series.units[0].label
+    assert len(series.units) == 4
+    assert "[1/4]" in series.units[0].label and "test marker source" in series.units[0].label
     assert patches.touched_files(series.units[1]) == {"init/Makefile"}
     assert len(series.files) == 1 and len(series.files[0][1]) == 64
+    # the metadata records each commit subject, without the [PATCH n/m] tag
+    assert series.describe()["subjects"] == [
+        "init: add the mshare-lab test marker source", "init: build the mshare-lab test marker",
+        "uapi: test stand-in msharefs ioctls and MAP_SHARED_PT", "mm: test stand-in msharefs and kernel-log trigger"]
+    assert patches.touched_files(series.units[2]) == {"include/uapi/linux/msharefs.h",
+                                                      "include/uapi/asm-generic/mman-common.h"}
 
 
 def test_patch_directory_is_applied_in_name_order(tmp_path):

@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     listing = sub.add_parser("list", help="the registered kernels")
     listing.set_defaults(func=_list)
 
-    show = sub.add_parser("show", help="a kernel's metadata")
+    show = sub.add_parser("show", help="a kernel: release, source, patches, mechanisms, build (--json: metadata)")
     show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="the whole metadata.json instead of the summary")
     show.set_defaults(func=_show)
 
 
@@ -97,7 +98,66 @@ def _show(args: argparse.Namespace) -> int:
     from ..kernel import store
 
     artifact = store.get(args.name)
-    print(f"name:  {artifact.name}")
-    print(f"path:  {artifact.path}")
-    print(json.dumps(artifact.metadata, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(artifact.metadata, indent=2, sort_keys=True))
+    else:
+        print(summary(artifact))
     return 0
+
+
+def summary(artifact) -> str:
+    """What a patch developer asks of a kernel first, one fact per line."""
+    meta = artifact.metadata
+    src = meta.get("source") or {}
+    lines = [f"name        {artifact.name}",
+             f"release     {artifact.release}  ({artifact.kind})"]
+    where = src.get("location") or src.get("url") or src.get("path") or "?"
+    digest = src.get("digest") or src.get("commit")
+    lines.append(f"source      {src.get('kind', '?')} {where}" + (f" ({str(digest)[:12]})" if digest else ""))
+    patch_inputs = meta.get("patches") or []
+    if not patch_inputs:
+        lines.append("patches     none")
+    for index, item in enumerate(patch_inputs):
+        subjects = item.get("subjects") or _subjects_from_files(item)
+        head = "patches    " if index == 0 else "           "
+        lines.append(f"{head} {item.get('path')} ({item.get('units', len(subjects))} patches)")
+        for number, subject in enumerate(subjects, start=1):
+            lines.append(f"              {number}. {subject or '(no subject: a plain diff)'}")
+    fragments = [Path(f["path"]).name for f in meta.get("fragments") or []]
+    if fragments:
+        lines.append(f"fragments   {', '.join(fragments)}")
+    lines.append("mechanisms")
+    for name, params in sorted(artifact.mechanisms.items()):
+        lines.append(f"  {name:<16}{_params(name, params)}")
+    if meta.get("build_seconds") is not None:
+        lines.append(f"build       {meta['build_seconds']:g} s with -j{meta.get('jobs', '?')}, "
+                     f"{meta.get('compiler', '?')}")
+    lines.append(f"created     {meta.get('created', '?')}")
+    lines.append(f"path        {artifact.path}")
+    return "\n".join(lines)
+
+
+def _params(name: str, params: dict) -> str:
+    if not params:
+        return "stock (no parameters)"
+    if name == "ptshare":
+        return f"MAP_SHARED_PT = {params['map_flag']:#x}"
+    if name == "mshare-syscall":
+        return f"mshare = {params['nr_mshare']}, mshare_unlink = {params['nr_mshare_unlink']}"
+    if name == "msharefs-ioctl":
+        return f"ioctl ABI {params.get('abi')}"
+    return ", ".join(f"{k} = {v}" for k, v in params.items())
+
+
+def _subjects_from_files(item: dict) -> list[str]:
+    """Artifacts built before subjects were recorded: read them from the patch files, if
+    those are still there and unchanged (never guessed from a changed file)."""
+    from ..errors import LabError
+    from ..kernel import patches
+    from ..kernel.source import file_sha256
+    try:
+        if any(file_sha256(Path(f["path"])) != f["sha256"] for f in item.get("files") or []):
+            return []
+        return [unit.subject for unit in patches.expand(Path(item["path"])).units]
+    except (OSError, KeyError, ValueError, LabError):
+        return []

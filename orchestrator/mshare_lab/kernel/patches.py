@@ -32,6 +32,13 @@ class PatchUnit:
     label: str        # "series.mbx [3/7] mm: add msharefs" or a file path
     data: bytes
 
+    @property
+    def subject(self) -> str:
+        """The commit subject ("mm: add msharefs"), unfolded and without "[PATCH n/m]";
+        a plain diff without mail headers has none ("")."""
+        header = self.data.split(b"\n\n", 1)[0] if self.data.startswith(b"From ") else b""
+        return _SUBJECT_TAG.sub("", _subject(header.replace(b"\n ", b" ").replace(b"\n\t", b" ")))
+
 
 @dataclass(frozen=True)
 class PatchInput:
@@ -43,7 +50,7 @@ class PatchInput:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "files": [{"path": p, "sha256": s} for p, s in self.files],
-                "units": len(self.units)}
+                "units": len(self.units), "subjects": [u.subject for u in self.units]}
 
 
 def expand(path: Path) -> PatchInput:
@@ -88,6 +95,7 @@ def _subject(message: bytes) -> str:
     return match.group(1).decode(errors="replace").strip() if match else ""
 
 
+_SUBJECT_TAG = re.compile(r"^\[[^\]]*\]\s*")
 _TOUCHED_RE = re.compile(r"^(?:---|\+\+\+) (?:[ab]/)?(\S+)", re.MULTILINE)
 
 
