@@ -64,6 +64,7 @@ def test_counts_first_excerpt_and_phase_from_the_kernel_logs_phase_lines():
              "mshare-lab: phase init-mounted\n"
              "mshare-lab: phase resources\n"
              "------------[ cut here ]------------\n"
+             "mshare: refcount went negative\n"
              "WARNING: CPU: 0 PID: 70 at mm/x.c:63 mshare_fault+0x12/0x40\n"
              "Modules linked in:\n"
              "mshare-lab: phase attach\n"
@@ -76,7 +77,8 @@ def test_counts_first_excerpt_and_phase_from_the_kernel_logs_phase_lines():
     assert [f.phase for f in log.findings] == ["resources", "attach", "done"]
     warning = log.finding("warning")
     assert warning.first == "WARNING: CPU: 0 PID: 70 at mm/x.c:63 mshare_fault+0x12/0x40"
-    assert warning.excerpt.splitlines()[1] == "Modules linked in:"
+    # the WARN's own message (between "cut here" and WARNING) leads the excerpt
+    assert warning.excerpt.splitlines()[:3] == ["mshare: refcount went negative", warning.first, "Modules linked in:"]
     assert len(log.finding("bad-rss-counter").excerpt.splitlines()) == kernel_log.EXCERPT_LINES
     assert log.describe() == ("kernel log: 1 warning (first in resources), 170 bad-rss-counter (first in attach), "
                               "1 pgtables-bytes (first in done)")

@@ -165,18 +165,22 @@ def scan(dmesg: str | None, console: str = "", *, system_map: Path | None = None
     first: dict[str, tuple[str, str, str | None]] = {}
     order: list[str] = []
     reports: list[tuple[int, str]] = []
+    cut_here = -10
     for index, (raw, phase_here) in enumerate(_with_phases(text or "", from_console=not dmesg)):
         hit = classify_line(raw)
         if hit is None:
             continue
         kind, start = hit
         if raw[start:].startswith(_CUT_HERE):
+            cut_here = index
             continue          # the WARNING line that follows is the report
         key = raw[start:].strip()
         phase = phases.pop_phase(key) if phases is not None else phase_here
         counts[kind] = counts.get(kind, 0) + 1
         if kind not in first:
-            first[kind] = (key[:LINE_CHARS], _excerpt(lines, index, start), phase)
+            # a WARN's own message comes between "cut here" and the WARNING line
+            message = lines[cut_here + 1:index] if kind == "warning" and 0 < index - cut_here <= 4 else []
+            first[kind] = (key[:LINE_CHARS], _excerpt(lines, index, start, message), phase)
             order.append(kind)
         reports.append((index, kind))
     findings = tuple(Finding(kind, counts[kind], *first[kind]) for kind in order)
@@ -345,6 +349,7 @@ def _phase_of(line: str) -> str | None:
     return None
 
 
-def _excerpt(lines: list[str], index: int, start: int) -> str:
-    kept = [lines[index][start:]] + lines[index + 1:index + EXCERPT_LINES]
+def _excerpt(lines: list[str], index: int, start: int, before: list[str] | None = None) -> str:
+    kept = (before or []) + [lines[index][start:]] + lines[index + 1:index + EXCERPT_LINES]
+    kept = kept[:EXCERPT_LINES]
     return "\n".join(line[:LINE_CHARS] for line in kept)[:EXCERPT_CHARS]
