@@ -228,31 +228,15 @@ def mshare_lab(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> C
     lab = lab_session(pytestconfig)
 
     def run(*, kernel: str | None = None, **keys: Any) -> LabResult:
-        scenario = one_scenario(kernel or lab.ensure_kernel() or "debian-6.1", keys, where=request.node.nodeid)
+        from .lab.single import one_scenario
+        scenario = one_scenario(kernel or lab.ensure_kernel() or "debian-6.1", keys,
+                                where=f"mshare_lab({request.node.nodeid})")
         record = _run_and_store(pytestconfig, lab, scenario)
         if record.expectation_failures:
             raise ExpectationsNotMet(record)
         return LabResult(record)
 
     return run
-
-
-def one_scenario(kernel: str, keys: dict[str, Any], *, where: str) -> Scenario:
-    """The matrix's parser and checks applied to one entry given as keyword arguments."""
-    import yaml
-    from .lab import matrix
-    entry = dict(keys)
-    if "mechanism" in entry:
-        entry["mechanisms"] = entry.pop("mechanism")
-    text = yaml.safe_dump({"defaults": {"kernels": kernel}, "matrix": [entry]}, sort_keys=False)
-    loaded = matrix.loads(text, f"mshare_lab({where})")
-    if len(loaded.scenarios) != 1:
-        raise UsageError(f"mshare_lab() runs one scenario; {entry} expands to {len(loaded.scenarios)}")
-    return loaded.scenarios[0]
-
-
-class UsageError(UserError):
-    pass
 
 
 def _run_and_store(config: pytest.Config, lab: LabSession, scenario: Scenario) -> RunRecord:
