@@ -93,7 +93,9 @@ def test_cli_run_in_parallel_stores_records_prints_the_table_and_exits_1_on_unme
     assert re.search(r"^\[2/2 .*sysv.*: completed, 1 expectation\(s\) NOT met", err, re.M), err
     table = out.splitlines()
     assert table[0].split()[:3] == ["scenario", "outcome", "pte_ratio"]
-    assert re.match(r"debian-6\.1/shmem/32M/x10/ram1G#1 +completed +\d\.\d{3} +no +\d+ +[\d.]+ +met$", table[1])
+    # the stock kernel's log is clean (the kernel_log column)
+    assert re.match(r"debian-6\.1/shmem/32M/x10/ram1G#1 +completed +\d\.\d{3} +no +\d+ +[\d.]+ +clean +met$",
+                    table[1])
     assert "FAILED: pte_ratio: expected at most 0.01, measured" in table[2]
     assert "2 scenario(s): 2 completed; 1 with unmet expectations" in out
     with ResultStore(results) as store:
@@ -105,6 +107,8 @@ def test_cli_run_in_parallel_stores_records_prints_the_table_and_exits_1_on_unme
             assert record.result["kernel_release"] == record.kernel_metadata["release"]
             assert 0 < record.guest_seconds < record.wall_seconds
             assert record.attempts == 1
+            assert record.kernel_log.clean and record.kernel_log.source == "dmesg", record.kernel_log
+            assert record.result["protect_effective"] == {"asked": 10, "acked": 10, "held": 10}
             assert Path(record.console_log).read_text().count("MSHARE-LAB-PROGRESS") > 3
             assert (Path(record.artifacts_dir) / "result.json").exists()
             assert max(v for _, v in store.timeseries(record.run_id)["qemu_rss_bytes"]) > 32 << 20
