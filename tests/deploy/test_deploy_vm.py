@@ -109,6 +109,10 @@ def test_debian_scenario_runs_through_ansible_and_lands_in_the_store(image, driv
         run_id = store.add(record)
         stored = store.get(run_id)
         assert stored.outcome == "completed" and stored.scenario_id == scenario.scenario_id
+        # the kernel log the playbook collected is part of the result, as for micro guests
+        assert stored.kernel_log is not None and stored.kernel_log.source == "dmesg"
+        assert stored.kernel_log.lines > 100, stored.kernel_log
+        print(f"full guest {stored.kernel_log.describe()}")
         local = run_local(dataclasses.replace(SPEC, clients=2, sga=8 << 20), tmp_path / "local.json")
         assert set(stored.result) == set(local.to_dict())
         assert stored.result["schema"] == local.to_dict()["schema"]
