@@ -1188,6 +1188,9 @@ int coordinator_run(struct config *cfg)
 {
     init_run(cfg);
     struct sigaction sa = { .sa_handler = on_interrupt };
+    /* signals pending together would nest (the last one's handler runs first): block the
+     * others while one is recorded, so the first signal sent is the one reported */
+    sigfillset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);

@@ -101,7 +101,8 @@ def _supervise(argv: list[str], out: Path, progress: Progress | None) -> Workloa
     if rc == 2:
         # bad input: the program's own error line, not its usage text
         line = next((l for l in reversed(tail) if "mshare-sga: error:" in l), None)
-        raise UserError(line.split("error:", 1)[1].strip() if line else "mshare-sga refused its arguments")
+        text = line.split("error:", 1)[1].strip() if line else "mshare-sga refused its arguments"
+        raise UserError(text.replace(" (mshare-sga without arguments prints the usage)", ""))
     if out.exists():
         try:
             return WorkloadResult.from_json(out.read_text())
