@@ -171,3 +171,27 @@ def test_micro_guest_sets_only_the_sysctls_its_kernel_has(runs):
         assert "Unknown kernel command line parameters" not in runs[name].dmesg_text
         assert "hung_task_panic" not in runs[name].dmesg_text
         assert "hung_task_panic" not in runs[name].console_text
+
+
+def test_the_2025_ioctl_numbering_drives_the_same_stand_in(marker_kernel, tmp_path):
+    """The metadata says 2024 (the header defines SET_SIZE); the stand-in also takes the
+    2025 CREATE_MAPPING number with ftruncate/fstat, so the workload's other ABI runs too."""
+    from mshare_lab.guest.domain import DomainSpec
+    from mshare_lab.image import micro
+    from mshare_lab.options import workload_argv
+    args = workload_argv(WorkloadSpec(mechanism="msharefs-ioctl", sga=16 << 20, clients=4, duration=0.5))
+    args += ["--msharefs-ioctl-abi", "2025"]
+    with LibvirtDriver() as driver:
+        try:
+            initrd = micro.scenario_initrd(micro.build(), micro.env_for(args, ["--msharefs-ioctl-abi", "2025"]),
+                                           driver.scratch_dir() / "abi2025.cpio.gz")
+            spec = DomainSpec(name=driver.new_name(), memory=512 << 20, vcpus=2,
+                              kernel=marker_kernel.artifact.bzimage, initrd=initrd, cmdline=micro.MICRO_CMDLINE,
+                              console_path=tmp_path / "console.log", serial_path=tmp_path / "serial.log")
+            with driver.boot(spec) as guest:
+                assert guest.wait(240), (tmp_path / "console.log").read_text(errors="replace")[-2000:]
+        finally:
+            driver.remove_scratch()
+    result = micro.read_guest_output(tmp_path / "serial.log").result
+    assert result["outcome"] == "completed", result.get("reason")
+    assert result["clients_attached"] == 4 and result["sharing_verified"] is False
