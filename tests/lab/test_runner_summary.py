@@ -31,3 +31,21 @@ def test_table_rows_and_totals():
     assert totals([done, hang]) == ("2 scenario(s): 1 completed, 1 guest-hang; 1 with unmet expectations; "
                                     "guest time 105 s, mean overhead 7.5 s per scenario")
     assert totals([]) == "no scenario ran"
+
+
+def test_the_live_done_line_says_what_the_kernel_complained_of():
+    from mshare_lab.lab.kernel_log import scan
+    from mshare_lab.lab.progress import LiveBoard
+    lines: list[str] = []
+    board = LiveBoard(2, lines.append)
+    clean = record("completed")
+    clean.kernel_log = scan("Linux version 6.12\n", "")
+    dirty = record("completed", failures=["kernel_log: expected clean, measured 2 bad-rss-counter"])
+    dirty.kernel_log = scan("mshare-lab: phase attach\n" + "BUG: Bad rss-counter state mm:0 type:MM_SHMEMPAGES val:-1\n" * 2,
+                            "")
+    board.done(0, clean.scenario_id, clean)
+    board.done(1, dirty.scenario_id, dirty)
+    assert lines[0].endswith(": completed, expectations met (wall 50.0s, guest 45.0s)")
+    assert lines[1].endswith(": completed, 1 expectation(s) NOT met, kernel log: 2 bad-rss-counter (first in attach) "
+                             "(wall 50.0s, guest 45.0s)")
+    assert summary_table([dirty]).splitlines()[1].split()[6] == "2"   # "2 bad-rss-counter" in its column
