@@ -91,6 +91,8 @@ def test_debian_guest_boots_to_ssh_with_checked_host_key(image, driver, debian_k
     images = image.path.parent
     assert image.kernel.exists() and image.initrd.exists()
     assert oct(image.ssh_private_key.stat().st_mode & 0o777) == "0o600"
+    # the disk image holds the guest's SSH host private key: readable by its owner only
+    assert image.path.stat().st_mode & 0o077 == 0, oct(image.path.stat().st_mode)
     base_stamp = image.path.stat().st_mtime_ns
     release = (images / "release").read_text().strip()
     # the image carries the stock kernel artifact's release, so either boots with its modules

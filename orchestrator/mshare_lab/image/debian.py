@@ -180,6 +180,8 @@ def get() -> DebianImage:
 
 def _image(entry: cache.ImageEntry, key: KeyPair) -> DebianImage:
     base = entry.manifest.parent
+    if Path(entry.path).exists() and Path(entry.path).stat().st_mode & 0o077:
+        Path(entry.path).chmod(0o600)   # an image built before the host key was kept private
     return DebianImage(
         name=entry.name, hash=entry.hash, path=entry.path, format=entry.extra["format"],
         kernel=base / entry.extra["kernel"], initrd=base / entry.extra["initrd"],
@@ -212,7 +214,9 @@ def _build_into(staging: Path, out_dir: Path, recipe: Recipe, key: KeyPair,
     image = out_dir / "rootfs.img"
     run_logged(["mkfs.ext4", "-q", "-F", "-L", "mshare-root", "-d", str(root), str(image), IMAGE_SIZE],
                log=log, label="mkfs.ext4")
-    image.chmod(0o644)
+    # it holds the guest's SSH host private key: nobody else reads it (libvirt's dynamic
+    # ownership hands the backing file to the qemu user while a guest runs)
+    image.chmod(0o600)
 
 
 def _install_in_chroot(root: Path, packages: list[str], log: Path, progress: Progress | None) -> None:
