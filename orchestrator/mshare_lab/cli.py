@@ -19,6 +19,7 @@ from .errors import LabError
 COMMAND_MODULES = (
     "workload",   # local, predict
     "kernel",     # kernel build|fetch|list|show
+    "bisect",     # bisect (git bisect run with the lab as the test)
     "image",      # image build|list
     "lab",        # run, doctor, gc
     "results",    # results list|show|export, compare
