@@ -202,4 +202,20 @@ def test_make_tail_throttles_and_counts():
     tail.feed("make[2]: Entering directory")      # not a kbuild step
     assert tail.compiled == 100 and tail.steps == 100
     assert len(shown) == 9                        # one line per 5 s, not one per file
-    assert shown[0] == "  make: 11 CC, 11 steps; last CC mm/file10.o"
+    assert shown[0] == "  make: 11 objects, 5 s elapsed; last CC mm/file10.o"
+
+
+def test_make_tail_estimates_from_the_expected_total_and_keeps_the_first_error():
+    now = [0.0]
+    shown: list[str] = []
+    tail = MakeTail(shown.append, interval=5.0, clock=lambda: now[0], expected=400)
+    for i in range(100):
+        now[0] = i * 0.5                          # 2 objects/s: the other 300 take ~150 s
+        tail.feed(f"  CC      mm/file{i}.o")
+    assert shown[-1] == "  make: 91 of ~400 objects, 45.0 s elapsed, ~2 min 33 s left; last CC mm/file90.o"
+    tail.feed("../mm/file3.c:12:5: error: 'x' undeclared (first use in this function)")
+    tail.feed("../mm/file4.c:7:1: error: expected ';' before '}' token")
+    tail.feed("make[4]: *** [../scripts/Makefile.build:229: mm/file3.o] Error 1")
+    error = tail.first_error
+    assert (error.file, error.line, error.column) == ("mm/file3.c", 12, 5)
+    assert str(error) == "mm/file3.c:12:5: error: 'x' undeclared (first use in this function)"
