@@ -172,20 +172,6 @@ static int64_t sample_pagetables(int64_t *others)
     return pts[best];
 }
 
-/* Page-table pages are freed after an RCU grace period (MMU_GATHER_RCU_TABLE_FREE):
- * wait for one (membarrier GLOBAL is synchronize_rcu) and for PageTables to stop moving. */
-static void settle_pagetables(void)
-{
-    syscall(SYS_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
-    int64_t last = -1;
-    for (int stable = 0, i = 0; stable < 3 && i < 50; i++) {
-        usleep(20000);
-        int64_t now = read_meminfo_kb("PageTables");
-        stable = now == last ? stable + 1 : 0;
-        last = now;
-    }
-}
-
 /* ---- the document -------------------------------------------------------------------- */
 
 static const char *outcome_name(enum outcome o)

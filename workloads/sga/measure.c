@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -177,4 +178,18 @@ int64_t others_pte_bytes(void)
     }
     closedir(proc);
     return sum;
+}
+
+/* Page-table pages are freed after an RCU grace period (MMU_GATHER_RCU_TABLE_FREE):
+ * wait for one (membarrier GLOBAL is synchronize_rcu) and for PageTables to stop moving. */
+void settle_pagetables(void)
+{
+    syscall(SYS_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
+    int64_t last = -1;
+    for (int stable = 0, i = 0; stable < 3 && i < 50; i++) {
+        usleep(20000);
+        int64_t now = read_meminfo_kb("PageTables");
+        stable = now == last ? stable + 1 : 0;
+        last = now;
+    }
 }

@@ -146,25 +146,27 @@ static int thp_probe(struct config *cfg, char *reason, size_t len)
  * page tables cost: private-sized growth means the kernel does not share. */
 #define PT_PROBES 6
 #define PT_PROBE_BYTES (128ul << 20)
+#define PT_PROBE_ATTEMPTS 3
 
-static int ptshare_probe(struct config *cfg, char *reason, size_t len)
+/* One measured attempt: PT_PROBES processes map and touch the file at once.  Returns 1
+ * with a reason when the mmap failed or the processes could not be forked, else 0 with the
+ * noise-corrected PageTables growth and the sum of the processes' own VmPTE growth. */
+static int ptshare_attempt(struct config *cfg, int fd, int64_t *growth, int64_t *vm_sum, int *started,
+                           char *reason, size_t len)
 {
-    if (shm_dir_probe(cfg, reason, len))
-        return 1;
-    char path[340];
-    snprintf(path, sizeof path, "%s/mshare-sga-%d-probe", cfg->shm_dir, (int)getpid());
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || ftruncate(fd, PT_PROBE_BYTES) < 0) {
-        snprintf(reason, len, "probe file %s: %s", path, strerror(errno));
-        if (fd >= 0) { close(fd); unlink(path); }
-        return 1;
-    }
     struct res { _Atomic int done; _Atomic int go; int64_t growth; int err; } *res =
         mmap(NULL, sizeof *res * PT_PROBES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (res == MAP_FAILED) {
+        snprintf(reason, len, "ptshare probe: %s", strerror(errno));
+        return 1;
+    }
+    /* page tables of processes that exited just before (earlier runs, earlier attempts)
+     * are freed after an RCU grace period: a drop during the window would look like sharing */
+    settle_pagetables();
     int64_t others_before = others_pte_bytes();
     int64_t before = read_meminfo_kb("PageTables");
     pid_t pids[PT_PROBES];
-    int started = 0;
+    int n = 0;
     for (int i = 0; i < PT_PROBES; i++) {
         pids[i] = fork();
         if (pids[i] == 0) {
@@ -184,45 +186,71 @@ static int ptshare_probe(struct config *cfg, char *reason, size_t len)
             _exit(0);
         }
         if (pids[i] > 0)
-            started++;
+            n++;
     }
-    for (int i = 0; i < started; i++)
+    for (int i = 0; i < n; i++)
         while (!atomic_load(&res[i].done))
             usleep(1000);
     int64_t after = read_meminfo_kb("PageTables");
     int64_t others_after = others_pte_bytes();
     atomic_store(&res[0].go, 1);
-    for (int i = 0; i < started; i++)
+    for (int i = 0; i < n; i++)
         waitpid(pids[i], NULL, 0);
-    close(fd);
-    unlink(path);
     int rc = 0;
-    int64_t private_each = (int64_t)(PT_PROBE_BYTES / 4096 * 8);
+    *started = n;
     /* minus what the rest of the machine did meanwhile */
-    int64_t total_growth = (after - before) * 1024 - (others_after - others_before), vm_sum = 0;
-    for (int i = 0; i < started; i++) {
+    *growth = (after - before) * 1024 - (others_after - others_before);
+    *vm_sum = 0;
+    for (int i = 0; i < n && !rc; i++) {
         if (res[i].err) {
             snprintf(reason, len, "mmap with MAP_SHARED|MAP_SHARED_PT (0x%lx) failed: %s",
                      cfg->ptshare_flag, strerror(res[i].err));
             rc = 1;
-            break;
         }
-        vm_sum += res[i].growth;
+        *vm_sum += res[i].growth;
     }
-    if (!rc && started < PT_PROBES) {
+    if (!rc && n < PT_PROBES) {
         snprintf(reason, len, "could not fork the ptshare probe processes");
         rc = 1;
     }
-    /* shared page tables are counted once: the global growth stays near one copy */
-    if (!rc && total_growth > private_each * started / 2) {
-        snprintf(reason, len, "MAP_SHARED_PT accepted but page tables not shared: measured "
-                 "PageTables +%lld KiB (VmPTE +%lld KiB) for %d processes mapping %lu MiB; "
-                 "private page tables would be %lld KiB",
-                 (long long)total_growth / 1024, (long long)vm_sum / 1024, started,
-                 PT_PROBE_BYTES >> 20, (long long)private_each * started / 1024);
-        rc = 1;
-    }
     munmap(res, sizeof *res * PT_PROBES);
+    return rc;
+}
+
+/* ptshare is decided by measurement: a stock kernel ignores the unknown flag bit and shares
+ * nothing.  Noise on a busy machine only ever makes private tables look smaller (frees
+ * elsewhere), never shared tables look private, so one private-sized attempt out of
+ * PT_PROBE_ATTEMPTS decides "not shared"; a sharing kernel passes every attempt. */
+static int ptshare_probe(struct config *cfg, char *reason, size_t len)
+{
+    if (shm_dir_probe(cfg, reason, len))
+        return 1;
+    char path[340];
+    snprintf(path, sizeof path, "%s/mshare-sga-%d-probe", cfg->shm_dir, (int)getpid());
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, PT_PROBE_BYTES) < 0) {
+        snprintf(reason, len, "probe file %s: %s", path, strerror(errno));
+        if (fd >= 0) { close(fd); unlink(path); }
+        return 1;
+    }
+    int64_t private_each = (int64_t)(PT_PROBE_BYTES / 4096 * 8);
+    int rc = 0;
+    for (int attempt = 0; attempt < PT_PROBE_ATTEMPTS && rc == 0; attempt++) {
+        int64_t growth, vm_sum;
+        int started;
+        rc = ptshare_attempt(cfg, fd, &growth, &vm_sum, &started, reason, len);
+        /* shared page tables are counted once: the global growth stays near one copy */
+        if (!rc && growth > private_each * started / 2) {
+            snprintf(reason, len, "MAP_SHARED_PT accepted but page tables not shared: measured "
+                     "PageTables +%lld KiB (VmPTE +%lld KiB) for %d processes mapping %lu MiB; "
+                     "private page tables would be %lld KiB",
+                     (long long)growth / 1024, (long long)vm_sum / 1024, started,
+                     PT_PROBE_BYTES >> 20, (long long)private_each * started / 1024);
+            rc = 1;
+        }
+    }
+    close(fd);
+    unlink(path);
     return rc;
 }
 

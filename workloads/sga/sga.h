@@ -131,6 +131,7 @@ int64_t read_meminfo_kb(const char *key);
 int64_t read_vmstat(const char *key);
 int64_t read_status_kb(pid_t pid, const char *key);   /* pid 0 = self */
 int64_t read_proc_kb(pid_t pid, const char *file, const char *key);
+void settle_pagetables(void);                         /* RCU frees done, PageTables still */
 int64_t others_pte_bytes(void);                       /* VmPTE of processes not ours */
 int filesystem_listed(const char *fs);
 void hist_add(uint32_t *hist, uint64_t ns);
