@@ -113,27 +113,40 @@ class WorkloadResult:
         return json.dumps(self.raw, indent=indent, sort_keys=False)
 
     def summary_lines(self) -> list[str]:
-        """The short human summary the CLI prints."""
-        from ..units import format_size
-
-        def num(value: Any, fmt: str) -> str:
-            return "n/a" if value is None else format(value, fmt)
+        """The short human summary the CLI prints, in the units a person reads."""
+        from ..units import format_metric, format_size
 
         lines = [f"mechanism {self.mechanism} on {self.kernel_release}: {self.outcome}"
                  + (f" ({self.reason})" if self.reason else "")]
         lines.append(f"clients attached {self.clients_attached}/{self.clients_requested}, "
                      f"region {format_size(self.region_bytes)}")
         if self.pagetables_delta_bytes is not None:
+            ratio = "-" if self.pte_ratio is None else f"{self.pte_ratio:.3f}"
             lines.append(f"PageTables +{format_size(self.pagetables_delta_bytes)} "
                          f"(region {format_size(self.region_pagetable_bytes or 0)} vs theory "
-                         f"{format_size(self.theory_pte_bytes)}, ratio {num(self.pte_ratio, '.3f')}); "
+                         f"{format_size(self.theory_pte_bytes)}, ratio {ratio}); "
                          f"sharing verified: {self.sharing_verified}")
-        lines.append(f"attach+populate {num(self.attach_populate_s, '.2f')} s, "
-                     f"{num(self.throughput_tps, ',.0f')} tps, latency p50 {num(self.latency_us.p50, '.1f')} us "
-                     f"p99 {num(self.latency_us.p99, '.1f')} us")
-        lines.append(f"protection change {num(self.protect_change_us, ',.0f')} us ({self.protect_mode}); "
+        lines.append(f"attach+populate {format_metric('attach_populate_s', self.attach_populate_s)}, "
+                     f"{format_metric('throughput_tps', self.throughput_tps)}, "
+                     f"latency p50 {format_metric('latency_us.p50', self.latency_us.p50)} "
+                     f"p99 {format_metric('latency_us.p99', self.latency_us.p99)}")
+        lines.append(f"protection change {self._protection_text()} ({self.protect_mode}); "
                      f"oom kills: {self.oom_kills.clients_killed} clients, "
                      f"{self.oom_kills.vmstat_oom_kill_delta} system-wide")
         for error in self.errors:
             lines.append(f"error: {error}")
         return lines
+
+    def _protection_text(self) -> str:
+        """The read-only change's time, but only when it held in every client asked;
+        otherwise how many it held in, never a fast-looking number."""
+        from ..units import format_metric
+
+        effective = self.raw.get("protect_effective")
+        if isinstance(effective, dict) and effective.get("asked") and effective.get("held") != effective.get("asked"):
+            return f"held in {effective.get('held')}/{effective.get('asked')} clients"
+        text = format_metric("protect_change_us", self.protect_change_us)
+        back = self.raw.get("protect_back_us")
+        if back is not None:
+            text += f", back to read-write {format_metric('protect_back_us', back)}"
+        return text
