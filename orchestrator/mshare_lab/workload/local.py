@@ -24,6 +24,7 @@ from ..errors import LimitError, ToolError, UserError
 from ..frames import progress_events
 from ..options import WorkloadSpec, workload_argv
 from .build import ensure_binary
+from .host_state import LocalRunState, remove_resources
 from .result import WorkloadResult
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ def run_local(spec: WorkloadSpec, json_path: Path | str | None = None, progress:
     that refuses the run raises ``LimitError``; Ctrl-C stops the run and leaves nothing.
     """
     from ..guest.signals import terminate_as_interrupt
-    from .host_state import LocalRunState
 
     if json_path and not Path(json_path).parent.is_dir():
         # found now, not after the whole run
@@ -138,40 +138,13 @@ def sweep(last_progress: dict[str, Any]) -> list[str]:
     """Remove what a coordinator that did not finish left behind; returns what it removed.
 
     Clients die with their coordinator (PR_SET_PDEATHSIG); the region file, SysV segment,
-    memory cgroup and raised sysctls are named in its progress lines."""
-    removed: list[str] = []
+    memory cgroup and raised sysctls are named in its progress lines, and go the same way
+    ``gc`` removes them from a state file."""
     resources = last_progress.get("resources") or {}
     coordinator = resources.get("coordinator_pid")
     if coordinator:
         _wait_children_gone(int(coordinator))
-    path = resources.get("region_path")
-    if path and os.path.isfile(path) and "mshare-sga-" in path:
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError as exc:
-            log.warning("could not remove %s: %s", path, exc)
-    key = resources.get("sysv_key")
-    if key is not None:
-        proc = subprocess.run(["ipcrm", "-M", str(key)], capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            removed.append(f"sysv key {key:#x}")
-    cgroup = resources.get("cgroup")
-    if cgroup and os.path.isdir(cgroup):
-        for _ in range(100):
-            try:
-                os.rmdir(cgroup)
-                removed.append(cgroup)
-                break
-            except OSError:
-                time.sleep(0.05)
-    for raised in reversed(last_progress.get("limits_raised") or []):
-        try:
-            Path(raised["path"]).write_text(str(raised["from"]))
-            removed.append(f"{raised['path']}={raised['from']}")
-        except OSError as exc:
-            log.warning("could not restore %s: %s", raised.get("path"), exc)
-    return removed
+    return remove_resources({**resources, "limits_raised": last_progress.get("limits_raised") or []})
 
 
 def _wait_children_gone(coordinator_pid: int, timeout: float = 10.0) -> None:
