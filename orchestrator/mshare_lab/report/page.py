@@ -18,7 +18,7 @@ import jinja2
 
 from ..lab.record import RunRecord
 from ..results import compare as compare_mod
-from ..units import format_metric, format_seconds, metric_formatter
+from ..units import format_metric, format_seconds
 from . import data, figures
 
 TEMPLATE = "report.html.j2"
@@ -194,23 +194,8 @@ def _console_link(record: RunRecord, out_dir: Path) -> tuple[str, str]:
 
 
 def _comparison_row(row: compare_mod.GroupStat) -> dict[str, str]:
-    show = metric_formatter(row.metric)
-    if row.metric == compare_mod.OOM:
-        value = f"{int(sum(row.values))}/{row.n} runs"
-    elif row.mean is None:
-        value = "-"
-    elif row.stdev is None:
-        value = show(row.mean)
-    else:
-        value = f"{show(row.mean)} ± {show(row.stdev)}"
-    return {
-        "point": row.point, "group": row.group, "metric": row.metric, "n": str(row.n), "value": value,
-        "mean": "" if row.mean is None else repr(row.mean),
-        "change": "baseline" if row.baseline else ("" if row.change_pct is None else f"{row.change_pct:+.1f}%"),
-        "p": "" if row.p_value is None else (f"{row.p_value:.4f}" if row.p_value >= 1e-4 else f"{row.p_value:.1e}"),
-        "significant": "*" if row.significant else "",
-        "note": "" if row.baseline else row.note,
-    }
+    return {"point": row.point, "group": row.group, "metric": row.metric, "n": str(row.n),
+            "mean": "" if row.mean is None else repr(row.mean), **compare_mod.row_cells(row)}
 
 
 def _utc(when: float) -> str:

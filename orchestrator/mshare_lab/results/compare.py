@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 from ..errors import ConfigError, NotFoundError
 from ..lab.expectations import METRICS, metric_value
@@ -181,31 +181,36 @@ def format_table(comparison: Comparison) -> str:
     lines = [header]
     previous_point = None
     for row in comparison.rows:
-        show = _formatter(row.metric)
         point = row.point if row.point != previous_point else ""
         previous_point = row.point
-        if row.metric == OOM:
-            value = f"{int(sum(row.values))}/{row.n} runs"
-        elif row.mean is None:
-            value = "-"
-        elif row.stdev is None:
-            value = show(row.mean)
-        else:
-            value = f"{show(row.mean)} ± {show(row.stdev)}"
-        change = "baseline" if row.baseline else ("" if row.change_pct is None else f"{row.change_pct:+.1f}%")
-        p = "" if row.p_value is None else (f"{row.p_value:.4f}" if row.p_value >= 1e-4 else f"{row.p_value:.1e}")
-        note = " ".join(x for x in ("*" if row.significant else "", "" if row.baseline else row.note) if x)
-        lines.append((point, row.group, row.metric, str(row.n), value, change, p, note))
+        cells = row_cells(row)
+        note = " ".join(x for x in (cells["significant"], cells["note"]) if x)
+        lines.append((point, row.group, row.metric, str(row.n), cells["value"], cells["change"], cells["p"], note))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     legend = f"grouped by {comparison.by}; change and Welch's t-test p against the baseline; * = p < {ALPHA}"
     return "\n".join([legend, *text]) + _excluded(comparison)
 
 
+def row_cells(row: GroupStat) -> dict[str, str]:
+    """A row's cells as people read them (the terminal table and the report share these)."""
+    show = metric_formatter(row.metric)
+    if row.metric == OOM:
+        value = f"{int(sum(row.values))}/{row.n} runs"
+    elif row.mean is None:
+        value = "-"
+    elif row.stdev is None:
+        value = show(row.mean)
+    else:
+        value = f"{show(row.mean)} ± {show(row.stdev)}"
+    return {
+        "value": value,
+        "change": "baseline" if row.baseline else ("" if row.change_pct is None else f"{row.change_pct:+.1f}%"),
+        "p": "" if row.p_value is None else (f"{row.p_value:.4f}" if row.p_value >= 1e-4 else f"{row.p_value:.1e}"),
+        "significant": "*" if row.significant else "",
+        "note": "" if row.baseline else row.note,
+    }
+
+
 def _excluded(comparison: Comparison) -> str:
     return f"\n({comparison.excluded} infra-error runs left out)" if comparison.excluded else ""
-
-
-def _formatter(metric: str) -> Callable[[float], str]:
-    # one set of human units for the table, `results show` and the report
-    return metric_formatter(metric)
