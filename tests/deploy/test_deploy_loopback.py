@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -80,7 +81,8 @@ def test_play_runs_the_real_workload_and_fetches_its_result(loopback_sshd, tmp_p
     inventory = json.loads((tmp_path / "ansible" / "inventory" / "hosts.json").read_text())
     host = inventory["all"]["children"]["lab_guests"]["hosts"][loopback_sshd.target.name]
     assert "StrictHostKeyChecking=yes" in host["ansible_ssh_extra_args"]
-    assert f"UserKnownHostsFile={loopback_sshd.target.known_hosts}" in host["ansible_ssh_extra_args"]
+    # quoted for ssh's own option parser too, so a path with a space stays one path
+    assert f'UserKnownHostsFile="{loopback_sshd.target.known_hosts}"' in shlex.split(host["ansible_ssh_extra_args"])
     assert list((played.artifact_dir / "job_events").glob("*.json"))
     assert control_masters(tmp_path / "ansible") == []
 
