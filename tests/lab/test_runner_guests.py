@@ -94,7 +94,7 @@ def test_cli_run_in_parallel_stores_records_prints_the_table_and_exits_1_on_unme
     table = out.splitlines()
     assert table[0].split()[:3] == ["scenario", "outcome", "pte_ratio"]
     # the stock kernel's log is clean (the kernel_log column)
-    assert re.match(r"debian-6\.1/shmem/32M/x10/ram1G#1 +completed +\d\.\d{3} +no +\d+ +[\d.]+ +clean +met$",
+    assert re.match(r"debian-6\.1/shmem/32M/x10/ram1G#1 +completed +\d\.\d{3} +no +[\d,]+ tx/s +[\d.]+ (?:µs|ms|s) +clean +met$",
                     table[1])
     assert "FAILED: pte_ratio: expected at most 0.01, measured" in table[2]
     assert "2 scenario(s): 2 completed; 1 with unmet expectations" in out

@@ -19,15 +19,18 @@ def test_table_rows_and_totals():
                                 "protect_change_us": 12.34})
     hang = record("guest-hang", failures=["outcome: expected completed, measured guest-hang"], wall=70, guest=60)
     lines = summary_table([done, hang]).splitlines()
-    assert lines[0].split() == ["scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "kernel_log",
+    assert lines[0].split() == ["scenario", "outcome", "pte_ratio", "sharing", "throughput", "protect", "kernel_log",
                                 "expectations"]
-    assert lines[1].split() == ["debian-6.1/shmem/256M/x100/ram4G#1", "completed", "1.034", "no", "1235", "12.3", "-",
-                                "met"]
+    # human units: tx/s and the protection change as a duration
+    assert lines[1].split() == ["debian-6.1/shmem/256M/x100/ram4G#1", "completed", "1.034", "no", "1,235", "tx/s",
+                                "12.3", "µs", "-", "met"]
     assert lines[2].split()[:7] == ["debian-6.1/shmem/256M/x100/ram4G#1", "guest-hang", "-", "-", "-", "-", "-"]
     assert lines[2].endswith("FAILED: outcome: expected completed, measured guest-hang")
     unheld = record("unsupported", {"protect_change_us": None, "protect_effective": {"asked": 6, "acked": 6,
                                                                                    "held": 0}})
     assert summary_table([unheld]).splitlines()[1].split()[5:7] == ["held", "0/6"]
+    many = record("completed", {"throughput_tps": 459217.2, "protect_change_us": 2255580.0})
+    assert summary_table([many]).splitlines()[1].split()[4:8] == ["459,217", "tx/s", "2.26", "s"]
     assert totals([done, hang]) == ("2 scenario(s): 1 completed, 1 guest-hang; 1 with unmet expectations; "
                                     "guest time 105 s, mean overhead 7.5 s per scenario")
     assert totals([]) == "no scenario ran"

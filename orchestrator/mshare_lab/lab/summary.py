@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..units import format_metric
 from .record import RunRecord
 
-COLUMNS = ("scenario", "outcome", "pte_ratio", "sharing", "tps", "protect_us", "kernel_log", "expectations")
+COLUMNS = ("scenario", "outcome", "pte_ratio", "sharing", "throughput", "protect", "kernel_log", "expectations")
 
 
 def _cell(value: Any, fmt: str = "{}") -> str:
@@ -24,7 +25,7 @@ def row(record: RunRecord) -> tuple[str, ...]:
         record.outcome,
         _cell(record.metric("pte_ratio"), "{:.3f}"),
         _cell(record.metric("sharing_verified")),
-        _cell(record.metric("throughput_tps"), "{:.0f}"),
+        format_metric("throughput_tps", record.metric("throughput_tps")),
         protect_cell(record),
         kernel_log_cell(record),
         "met" if not failures else f"FAILED: {'; '.join(failures)}",
@@ -37,7 +38,7 @@ def protect_cell(record: RunRecord) -> str:
     effective = record.metric("protect_effective")
     if isinstance(effective, dict) and effective.get("held") != effective.get("asked"):
         return f"held {effective.get('held')}/{effective.get('asked')}"
-    return _cell(record.metric("protect_change_us"), "{:.1f}")
+    return format_metric("protect_change_us", record.metric("protect_change_us"))
 
 
 def kernel_log_cell(record: RunRecord) -> str:
