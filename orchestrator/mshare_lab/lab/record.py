@@ -25,6 +25,10 @@ class RunRecord:
     attempts: int = 1                         # infra errors are retried once
     expectation_failures: list[str] = field(default_factory=list)
     kernel_log: KernelLog | None = None       # what the guest kernel complained about (lab.kernel_log)
+    # which host ran it (fleet.host_record.HostRecord.to_dict(): name, uri, cpu_model,
+    # accelerator kvm|tcg, kernel, hostname) and the hosts that failed under it before
+    host: dict[str, Any] | None = None
+    host_failures: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None                 # assigned by the store
 
     @property
