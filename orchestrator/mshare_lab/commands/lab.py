@@ -1,4 +1,4 @@
-"""CLI of the lab area: ``run`` a matrix in guests, ``doctor`` the host, ``gc`` leftovers."""
+"""CLI of the lab area: ``run`` a matrix in guests, ``doctor`` the hosts, ``gc`` leftovers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def register(subparsers) -> None:
                                             "and check its expectations (exit 1 when one is not met).")
     run.add_argument("matrix", type=Path, metavar="MATRIX.yaml")
     run.add_argument("--parallel", type=_positive, default=1, metavar="N",
-                     help="scenarios at a time, within host RAM (default: 1)")
+                     help="scenarios at a time per host, within its RAM (default: 1; a host's "
+                          "'parallel' in the lab file wins)")
+    add_lab_argument(run)
     run.add_argument("--results", type=Path, default=None, metavar="FILE",
                      help="results database (default: <lab home>/results.sqlite)")
     run.add_argument("--uri", default=None, help="libvirt URI (default: qemu:///system as root, "
@@ -36,6 +38,23 @@ def register(subparsers) -> None:
                     help="remove every lab guest, also those of runs still going")
     gc.add_argument("--uri", default=None, help="libvirt URI to sweep")
     gc.set_defaults(func=cmd_gc)
+
+
+def add_lab_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lab", type=Path, default=None, metavar="FILE",
+                        help="lab file naming the libvirt hosts to use (docs/lab.md; default: this "
+                             "machine's libvirt, or --uri)")
+
+
+def load_lab(args: argparse.Namespace):
+    """The lab file's hosts, or the one local host (``--uri``) without one."""
+    from ..fleet import lab_file
+    if getattr(args, "lab", None) is not None:
+        if getattr(args, "uri", None):
+            from ..errors import UserError
+            raise UserError("--lab and --uri name hosts twice", hint="put the URI in the lab file")
+        return lab_file.load(args.lab)
+    return lab_file.default_lab(getattr(args, "uri", None))
 
 
 def _positive(text: str) -> int:
@@ -63,12 +82,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..lab.matrix import MAX_SCENARIOS
 
     matrix = load(args.matrix, max_scenarios=None if args.yes else MAX_SCENARIOS)
-    _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {args.parallel} at a time")
+    lab = load_lab(args)
+    where = (f"on {len(lab.hosts)} hosts ({', '.join(h.name for h in lab.hosts)}), "
+             if len(lab.hosts) > 1 else "")
+    _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {where}{args.parallel} at a time"
+         + (" per host" if where else ""))
     results = args.results or default_results_db()
     fresh = not results.exists()
     with terminate_as_interrupt(), ResultStore(results) as store:
         try:
-            records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, uri=args.uri)
+            records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, lab=lab)
         except BaseException:
             # refused before anything ran (pre-boot checks, Ctrl-C): leave no empty results file
             if fresh and store.count() == 0:

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import LabError, ProvisionError
+from ..errors import InfraError, LabError, ProvisionError
 from ..guest.domain import Disk, DomainSpec, PortForward, free_port, owner_metadata
 from ..lab.record import RunRecord
 from ..lab.scenario import Scenario
 from ..lab.outcome import Evidence, classify
-from ..lab.runner import hugepages_needed, kernel_flags, workload_args
+from ..lab.guest_input import hugepages_needed, kernel_flags, system_map, workload_args
+from ..lab.guest_kind import Attempt
+from ..lab.outcome import Classification
 from . import discovery
 from .ansible import GuestUnreachableError, PlaybookError, run_playbook
 from .fabric_ops import gather_failure_logs, wait_for_ssh
@@ -44,6 +46,44 @@ SSH_TIMEOUT = 300.0
 PLAY_OVERHEAD = 600.0
 #: the task of ansible/roles/run_workload that runs the workload (its rc and msg are read)
 RUN_TASK = "Run the workload"
+
+
+class FullGuest:
+    """``image: debian``: the guest kind of a full Debian machine reached over SSH.
+
+    It runs on local hosts only: the guest's sshd is forwarded to 127.0.0.1 of the host
+    that runs QEMU, and its overlay disk is written by the guest, so neither reaches a
+    remote host through libvirt's protocol alone (docs/lab.md says what that would take)."""
+
+    image = "debian"
+
+    def __init__(self) -> None:
+        self._image = None
+        self._binary = None
+
+    def runs_on(self, driver: Any) -> str | None:
+        if driver.remote:
+            return "a Debian guest is reached over SSH on the host's 127.0.0.1: local hosts only"
+        return None
+
+    def prepare(self, scenarios: list, progress: Progress) -> None:
+        if self._image is None:
+            from ..image import debian
+            self._image = debian.build(progress)
+        if self._binary is None:
+            from ..workload.build import ensure_binary
+            self._binary = ensure_binary()
+
+    def attempt(self, scenario: Scenario, kernel: Any, driver: Any, workdir: Path, progress: Progress,
+                cancel: Any, wait_for_memory: bool) -> Attempt:
+        self.prepare([scenario], progress)
+        try:
+            record = run(scenario, kernel, driver, workdir, progress, image=self._image, binary=self._binary)
+        except InfraError as exc:
+            return Attempt(Classification("infra-error", str(exc), retry=True))
+        return Attempt(Classification(record.outcome, record.reason, kernel_log=record.kernel_log),
+                       result=record.result, guest_seconds=record.guest_seconds,
+                       kernel_metadata=record.kernel_metadata, console_log=Path(record.console_log))
 
 
 @dataclass(frozen=True)
@@ -127,7 +167,6 @@ def run(scenario: Scenario, kernel: Any | None, driver: Any, workdir: Path,
             evidence = _evidence(played, guest, scenario, console)
             if kernel is not None:
                 # the lab's own kernel: its System.map names a crash's function
-                from ..lab.runner import system_map
                 evidence = dataclasses.replace(evidence, system_map=system_map(kernel))
             verdict = classify(evidence)
             if verdict.outcome != "completed":

@@ -112,6 +112,8 @@ class DomainSpec:
     console_path: Path                       # ttyS0 captured here
     serial_path: Path | None = None          # ttyS1 (result frames) captured here
     initrd: Path | None = None
+    # appended to ``initrd`` on the host (HostFiles.place): the micro guest's scenario env
+    initrd_tail: bytes = b""
     cmdline: str = "console=ttyS0 panic=-1"
     vcpus: int = 2
     domain_type: str = "qemu"                # kvm | qemu (TCG)

@@ -36,6 +36,7 @@ from ..errors import BootError, LimitError, ProvisionError
 from ..units import format_size
 from . import console
 from .capacity import MemoryBudget, QEMU_OVERHEAD, hugepages_free, mem_available
+from .host_files import HostFiles, LocalFiles, RemoteFiles
 from .domain import (DOMAIN_PREFIX, METADATA_NS, METADATA_PREFIX, DomainSpec, LabMetadata,
                      domain_name, owner_metadata, process_start_time)
 from .signals import deferred
@@ -85,9 +86,11 @@ def scratch_root() -> Path:
 class RunningGuest:
     """A started domain: wait for it, read its serial output, stop it."""
 
-    def __init__(self, driver: "LibvirtDriver", spec: DomainSpec, domain: libvirt.virDomain):
+    def __init__(self, driver: "LibvirtDriver", spec: DomainSpec, domain: libvirt.virDomain,
+                 placed: DomainSpec | None = None):
         self.driver = driver
-        self.spec = spec
+        self.spec = spec                  # as the caller wrote it (paths on this machine)
+        self.placed = placed or spec      # as the host runs it (HostFiles.place)
         self._domain = domain
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -154,6 +157,13 @@ class RunningGuest:
                 return False
             time.sleep(min(interval, remaining))
 
+    def sync_output(self) -> None:
+        """Bring the console and serial files up to date on this machine (remote hosts)."""
+        try:
+            self.driver.files.fetch(self.spec, self.placed)
+        except Exception as exc:   # the host went away: what was fetched stays
+            log.debug("fetch output of %s: %s", self.name, exc)
+
     def tail_console(self, lines: int = 40) -> str:
         return console.tail(self.console_path, lines)
 
@@ -188,12 +198,25 @@ class RunningGuest:
 class LibvirtDriver:
     """Provision lab guests on one libvirt connection (thread-safe; parallel runs share it)."""
 
-    def __init__(self, uri: str | None = None, *, run_id: str | None = None):
+    def __init__(self, uri: str | None = None, *, run_id: str | None = None, files: HostFiles | None = None,
+                 display_uri: str | None = None, pool: str | None = None,
+                 counter: "itertools.count | None" = None):
         self.uri = uri or default_uri()
+        #: the URI as messages and records show it (no key paths)
+        self.display_uri = display_uri or self.uri.split("?", 1)[0]
         self.run_id = run_id or new_run_id()
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
-        self._counter = itertools.count(1)
+        # drivers of one run on several hosts share the counter: names stay unique per run
+        self._counter = counter or itertools.count(1)
+        if files is None:
+            from ..fleet.lab_file import DEFAULT_POOL, is_local
+            files = LocalFiles() if is_local(self.uri) else RemoteFiles(lambda: self.conn, pool or DEFAULT_POOL)
+        self.files: HostFiles = files
+
+    @property
+    def remote(self) -> bool:
+        return self.files.remote
 
     # --- connection -------------------------------------------------------------------
 
@@ -205,9 +228,19 @@ class LibvirtDriver:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as exc:
                     raise ProvisionError(
-                        f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}",
+                        f"cannot connect to libvirt at {self.display_uri}: {exc.get_error_message()}",
                         hint="start the daemons with `bash scripts/setup` (virtlogd -d; libvirtd -d)") from exc
             return self._conn
+
+    def alive(self) -> bool:
+        """The connection works now (a host that went away answers no more calls)."""
+        with self._lock:
+            if self._conn is None:
+                return True
+            try:
+                return bool(self._conn.isAlive()) and self._conn.getLibVersion() > 0
+            except libvirt.libvirtError:
+                return False
 
     def close(self) -> None:
         with self._lock:
@@ -262,7 +295,19 @@ class LibvirtDriver:
     # --- capacity ------------------------------------------------------------------------
 
     def memory_budget(self) -> MemoryBudget:
-        return MemoryBudget(available=mem_available(), promised=self._promised_memory())
+        return MemoryBudget(available=self.available_memory(), promised=self._promised_memory())
+
+    def available_memory(self) -> int:
+        """MemAvailable of the host: /proc/meminfo here, libvirt's node statistics on a remote host
+        (free + buffers + page cache, which is what MemAvailable approximates)."""
+        if not self.remote:
+            return mem_available()
+        try:
+            stats = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+        except libvirt.libvirtError as exc:
+            raise ProvisionError(f"{self.display_uri}: libvirt gives no memory statistics: "
+                                 f"{exc.get_error_message()}") from exc
+        return sum(stats.get(key, 0) for key in ("free", "buffers", "cached")) * 1024
 
     def _promised_memory(self) -> int:
         """RAM that running lab guests were given but have not touched yet."""
@@ -281,7 +326,8 @@ class LibvirtDriver:
         if not budget.fits(spec.memory):
             raise LimitError(f"the host cannot give guest {spec.name} its RAM: {budget.describe(spec.memory)}",
                              hint="lower the guest's ram, run fewer scenarios in parallel, or free host memory")
-        if spec.hugepage_backing:
+        if spec.hugepage_backing and not self.remote:
+            # (a remote host's huge pages are libvirt's to refuse: its error names them)
             free, size = hugepages_free()
             if free * size < spec.memory:
                 need = -(-spec.memory // size)
@@ -311,14 +357,20 @@ class LibvirtDriver:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 console.remove_all(path)   # never read a previous run's output
+        placed = spec
+        guest = None
         try:
-            domain = self._start_when_it_fits(spec, wait_for_memory, cancel)
-            guest = RunningGuest(self, spec, domain)
+            # the host's view of the spec: artifacts cached there, output files it can write
+            placed = self.files.place(spec, self.scratch_dir(), self.run_id)
+            domain = self._start_when_it_fits(placed, wait_for_memory, cancel)
+            guest = RunningGuest(self, spec, domain, placed)
             log.debug("started %s (%s, %s RAM)", spec.name, spec.domain_type, format_size(spec.memory))
             yield guest
         finally:
             with deferred():
-                self.teardown(spec.name, spec.metadata.files)
+                if guest is not None:
+                    guest.sync_output()   # the last lines, before teardown deletes the host's copy
+                self.teardown(placed.name, placed.metadata.files if placed.metadata else ())
 
     def _start_when_it_fits(self, spec: DomainSpec, wait: bool,
                             cancel: threading.Event | None) -> libvirt.virDomain:
@@ -351,7 +403,8 @@ class LibvirtDriver:
         return domain
 
     def qemu_log_path(self, name: str) -> Path:
-        if self.uri.startswith("qemu:///system"):
+        # (on a remote host the same path, on that host)
+        if self.uri.split("?", 1)[0].endswith("/system"):
             return Path("/var/log/libvirt/qemu") / f"{name}.log"
         return Path.home() / ".cache/libvirt/qemu/log" / f"{name}.log"
 
@@ -375,8 +428,10 @@ class LibvirtDriver:
             except libvirt.libvirtError as exc:
                 if _domain_exists(self.conn, name):
                     log.warning("could not undefine %s: %s", name, exc.get_error_message())
-        for path in files:
-            _remove_path(Path(path))
+        try:
+            self.files.remove(tuple(Path(p) for p in files))
+        except Exception as exc:   # a host that went away keeps them until gc --lab
+            log.warning("could not remove %d file(s) of %s on %s: %s", len(files), name, self.display_uri, exc)
 
     # --- inventory (gc and doctor use it) -----------------------------------------------
 

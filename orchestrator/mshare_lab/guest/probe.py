@@ -74,10 +74,11 @@ def probe_domain_type(driver: "LibvirtDriver", *, kernel: Path | None = None,
 
 def _decide(driver: "LibvirtDriver", kernel: Path | None) -> tuple[str, str, bool]:
     """(domain type, why, whether the answer may be cached)."""
-    if not os.path.exists("/dev/kvm"):
+    # (a remote host's /dev/kvm is not ours to look at: its libvirt and a probe guest say)
+    if not driver.remote and not os.path.exists("/dev/kvm"):
         return "qemu", "/dev/kvm does not exist", True
     if "kvm" not in driver.domain_types():
-        return "qemu", f"libvirt at {driver.uri} offers no kvm domain type", True
+        return "qemu", f"libvirt at {driver.display_uri} offers no kvm domain type", True
     if kernel is None:
         try:
             kernel = _default_kernel()
@@ -127,11 +128,21 @@ def _default_kernel() -> Path:
     return Path(fetch_debian().bzimage)
 
 
-def _read_cache(uri: str, release: str) -> ProbeVerdict | None:
+def _read_all() -> dict:
+    """{uri: verdict} (a lab of several hosts keeps one verdict per host)."""
     try:
         data = json.loads(cache_path().read_text())
-        verdict = ProbeVerdict(**{**data, "cached": True})
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
+        return {}
+    if isinstance(data, dict) and "domain_type" in data:   # a one-host file of an older version
+        return {data.get("uri", ""): data}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_cache(uri: str, release: str) -> ProbeVerdict | None:
+    try:
+        verdict = ProbeVerdict(**{**_read_all()[uri], "cached": True})
+    except (KeyError, TypeError):
         return None
     if verdict.uri != uri or verdict.host_release != release:
         return None
@@ -143,6 +154,8 @@ def _read_cache(uri: str, release: str) -> ProbeVerdict | None:
 def _write_cache(verdict: ProbeVerdict) -> None:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**asdict(verdict), "cached": False}, indent=2) + "\n")
+    verdicts = _read_all()
+    verdicts[verdict.uri] = {**asdict(verdict), "cached": False}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # parallel hosts write at once
+    tmp.write_text(json.dumps(verdicts, indent=2) + "\n")
     tmp.replace(path)

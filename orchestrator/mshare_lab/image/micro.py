@@ -135,22 +135,30 @@ def render_env(env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def scenario_initrd(base: Path, env: dict[str, str], out: Path) -> Path:
-    """base + an appended cpio with /etc/mshare-lab/scenario.env; returns out."""
+def scenario_tail(env: dict[str, str]) -> bytes:
+    """The gzip cpio with /etc/mshare-lab/scenario.env that follows the base image.
+
+    The kernel unpacks concatenated archives in order, so base + tail is the scenario's
+    initramfs; the host joins them (guest.host_files), and only the tail is per scenario."""
     text = render_env(env)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".scenario-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".scenario-") as tmp:
         staging = Path(tmp) / "root"
         env_file = staging / SCENARIO_ENV_IN_IMAGE
         env_file.parent.mkdir(parents=True)
         env_file.write_text(text)
-        tail = newc_gz(staging)
-        part = Path(tmp) / out.name
-        with part.open("wb") as dst, base.open("rb") as src:
-            shutil.copyfileobj(src, dst)
-            dst.write(tail)
-        part.chmod(0o644)
-        part.replace(out)
+        return newc_gz(staging)
+
+
+def scenario_initrd(base: Path, env: dict[str, str], out: Path) -> Path:
+    """base + an appended cpio with /etc/mshare-lab/scenario.env; returns out."""
+    tail = scenario_tail(env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    with part.open("wb") as dst, base.open("rb") as src:
+        shutil.copyfileobj(src, dst)
+        dst.write(tail)
+    part.chmod(0o644)
+    part.replace(out)
     return out
 
 

@@ -1,43 +1,41 @@
-"""Execute scenarios in guests and turn what they left into run records.
+"""Execute scenarios on the lab's hosts and turn what the guests left into run records.
 
-``run_scenario`` runs one scenario: kernel artifact + micro initramfs (or, for
-``image: debian``, the Ansible path in ``mshare_lab.deploy.full_guest``), boots it through
-the libvirt driver, follows the guest's progress lines on the console, waits up to the
-scenario's timeout, reads the frames from ttyS1 and classifies one outcome
-(``lab.outcome``). Infrastructure failures are retried once and never become a kernel
-result. ``run_matrix`` runs a whole matrix, ``parallel`` scenarios at a time within the
-host's RAM, storing each record and checking its expectations as it finishes.
+The runner knows two small interfaces: a guest kind (``lab.guest_kind``: micro or full
+Debian) boots and collects one attempt of a scenario, and a host (``fleet.host``) gives a
+driver, its capacity and its record. ``run_scenario`` runs one scenario on one driver
+with the retry logic (infra failures are retried once and never become a kernel result);
+``run_matrix`` places a whole matrix on the hosts by fit (``fleet.placement``), largest
+first, moves the scenarios of a host that fails mid-run to the others, stores each
+record and checks its expectations as it finishes.
 
-Nothing outlives a scenario: the guest, its per-run initrd and (when the run is
-interrupted) its half-written artifacts are removed on every way out.
+Nothing outlives a scenario: the guest, its per-run files (on whichever host) and (when
+the run is interrupted) its half-written artifacts are removed on every way out.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
-from .. import frames, paths
-from ..errors import InfraError, NotFoundError
+from .. import paths
+from ..errors import NotFoundError
 from ..guest import console as serial
-from ..guest.domain import DomainSpec, owner_metadata
-from ..guest.libvirt_driver import LibvirtDriver
-from ..options import WorkloadSpec, workload_argv
+from ..guest.libvirt_driver import LibvirtDriver, new_run_id
 from . import expectations
-from .outcome import Classification, Evidence, classify
-from .progress import LiveBoard, ProgressThrottle
+from .guest_input import hugepages_needed, kernel_flags, resolve_kernel, system_map, workload_args  # noqa: F401
+from .guest_kind import Attempt, GuestKind, guest_kind
+from .progress import LiveBoard
 from .record import RunRecord
 from .scenario import Scenario
 
 if TYPE_CHECKING:
-    from ..kernel.artifact import KernelArtifact
+    from ..fleet.host import Host
+    from ..fleet.lab_file import LabFile
     from ..results.store import ResultStore
     from .matrix import Matrix
 
@@ -47,78 +45,34 @@ Progress = Callable[[str], None]
 
 #: how many times a scenario is started at most when the machinery fails
 MAX_ATTEMPTS = 2
-#: host-side samples of QEMU's resident memory (the guest RAM it has touched)
-MONITOR_INTERVAL = 1.0
-HUGEPAGE_SIZE = 2 << 20
 
 
 def _quiet(_line: str) -> None:
     pass
 
 
-# --- what goes into the guest ------------------------------------------------------------
-
-def workload_args(spec: WorkloadSpec) -> list[str]:
-    """``mshare-sga run`` flags for a workload spec, from the one option declaration."""
-    return workload_argv(spec)
-
-
-def kernel_flags(mechanisms: dict[str, Any]) -> list[str]:
-    """The kernel-parameter flags of a kernel (syscall numbers, ioctl ABI, MAP_SHARED_PT)."""
-    from ..workload.build import kernel_flags as flags
-    return list(flags(mechanisms))
-
-
-def hugepages_needed(spec: WorkloadSpec) -> int | None:
-    """2 MiB pages a hugetlb region needs (None for other mechanisms)."""
-    if spec.mechanism != "hugetlb":
-        return None
-    return math.ceil(spec.sga / HUGEPAGE_SIZE)
-
-
-def micro_env(scenario: Scenario, kernel: "KernelArtifact") -> dict[str, str]:
-    from ..image import micro
-    flags = kernel_flags(kernel.mechanisms)
-    sysctls = dict(item.split("=", 1) for item in scenario.guest.sysctls)
-    return micro.env_for(workload_args(scenario.workload) + flags, flags,
-                         nr_hugepages=hugepages_needed(scenario.workload),
-                         sysctls=sysctls or None, scenario_id=scenario.scenario_id)
-
-
-def resolve_kernel(name: str, progress: Progress = _quiet) -> "KernelArtifact":
-    """The named kernel artifact; the stock Debian kernel is fetched on first use."""
-    from ..kernel import store
-    try:
-        return store.get(name)
-    except NotFoundError:
-        if not name.startswith("debian-"):
-            raise
-    from ..kernel.fetch import fetch_debian
-    fetched = fetch_debian(progress)
-    if fetched.name != name:
-        raise NotFoundError(f"no kernel named {name!r}; the Debian kernel apt offers is {fetched.name}",
-                            hint=f"use kernel: {fetched.name} or build {name} with `mshare-lab kernel build`")
-    return fetched
-
-
 # --- one scenario --------------------------------------------------------------------------
 
-@dataclass
-class _Attempt:
-    classification: Classification
-    result: dict | None = None
-    guest_seconds: float = 0.0
-    timeseries: dict | None = None
+class HostLost(Exception):
+    """The host went away under the scenario: run it again on another host."""
+
+    def __init__(self, attempt: Attempt, attempts: int):
+        super().__init__(attempt.classification.reason)
+        self.attempt = attempt
+        self.attempts = attempts
 
 
 def run_scenario(scenario: Scenario, *, driver: LibvirtDriver, progress: Progress | None = None,
                  workdir: Path, cancel: threading.Event | None = None,
                  max_attempts: int = MAX_ATTEMPTS, wait_for_memory: bool = False,
-                 base_initrd: Path | None = None) -> RunRecord:
-    """Run one scenario to a RunRecord; infra failures are retried once.
+                 base_initrd: Path | None = None, kind: GuestKind | None = None,
+                 host: "Host | None" = None) -> RunRecord:
+    """Run one scenario to a RunRecord on ``driver``; infra failures are retried once.
 
-    ``base_initrd`` replaces the micro image (``image.micro.build()``) as the base the
-    scenario's env is appended to: tests use it to boot a guest that misbehaves.
+    ``kind`` is the scenario's guest kind (made from ``scenario.guest.image`` when not
+    given); ``base_initrd`` replaces the micro base image: tests boot a misbehaving guest
+    with it. With ``host``, an infra failure that left the host unreachable raises
+    ``HostLost`` instead of retrying there, so the matrix can move the scenario.
 
     Raises a UserError when the scenario cannot run at all (unknown kernel, more RAM than
     the host has) and KeyboardInterrupt when interrupted (after cleaning up).
@@ -127,34 +81,37 @@ def run_scenario(scenario: Scenario, *, driver: LibvirtDriver, progress: Progres
     workdir = Path(workdir)
     created = not workdir.exists()
     started = time.time()
+    if kind is None:
+        kind = guest_kind(scenario.guest.image, **({"base": base_initrd} if base_initrd is not None else {}))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)   # virtlogd writes the serial files; the qemu user traverses
-        if scenario.guest.image == "debian":
-            return _run_full_guest(scenario, driver, workdir, say)
         kernel = resolve_kernel(scenario.kernel, say)
-        if base_initrd is None:
-            from ..image import micro
-            base_initrd = micro.build(say)
         attempts = 0
         while True:
             attempts += 1
-            attempt = _attempt_micro(scenario, kernel, base_initrd, driver, workdir, say, cancel,
-                                     wait_for_memory)
+            attempt = kind.attempt(scenario, kernel, driver, workdir, say, cancel, wait_for_memory)
             cls = attempt.classification
+            if cls.outcome == "infra-error" and host is not None and not host.alive():
+                host.mark_down(_first_line(cls.reason) or "libvirt connection lost")
+                _keep_failed_attempt(workdir, f"{host.name}-{attempts}")
+                raise HostLost(attempt, attempts)
             if cls.outcome == "infra-error" and cls.retry and attempts < max_attempts:
                 say(f"infra error, retrying once: {_first_line(cls.reason)}")
                 _keep_failed_attempt(workdir, attempts)
                 continue
             break
         say(cls.outcome + (f": {_first_line(cls.reason)}" if cls.reason else ""))
+        console_log = attempt.console_log or workdir / "console.log"
         return RunRecord(
             scenario=scenario, outcome=cls.outcome, reason=cls.reason,
-            kernel_metadata=dict(kernel.metadata), result=attempt.result,
-            timeseries=attempt.timeseries or {},
-            console_log=str(workdir / "console.log"), artifacts_dir=str(workdir),
+            kernel_metadata=dict(attempt.kernel_metadata if attempt.kernel_metadata is not None
+                                 else kernel.metadata),
+            result=attempt.result, timeseries=attempt.timeseries or {},
+            console_log=str(console_log), artifacts_dir=str(workdir),
             started_at=started, finished_at=time.time(), guest_seconds=attempt.guest_seconds,
-            attempts=attempts, kernel_log=cls.kernel_log)
+            attempts=attempts, kernel_log=cls.kernel_log,
+            host=_host_record(host, driver))
     except KeyboardInterrupt:
         if created:
             # an interrupted run is no result: leave no half-written artifacts either
@@ -162,131 +119,18 @@ def run_scenario(scenario: Scenario, *, driver: LibvirtDriver, progress: Progres
         raise
 
 
-def _run_full_guest(scenario: Scenario, driver: LibvirtDriver, workdir: Path, say: Progress) -> RunRecord:
+def _host_record(host: "Host | None", driver: LibvirtDriver) -> dict | None:
+    """The record of the host that ran it (a bare driver is described as host 'local')."""
+    from ..errors import InfraError
+    from ..fleet.host import describe
     try:
-        from ..deploy import full_guest
-    except ImportError as exc:
-        raise NotFoundError("image: debian scenarios need mshare_lab.deploy.full_guest, which is not installed",
-                            hint="use image: micro, or install the deploy area") from exc
-    kernel = resolve_kernel(scenario.kernel, say)
-    attempts = 0
-    while True:
-        attempts += 1
-        started = time.time()
-        try:
-            record = full_guest.run(scenario, kernel, driver, workdir, say)
-            record.attempts = attempts
-            return record
-        except InfraError as exc:
-            if attempts < MAX_ATTEMPTS:
-                say(f"infra error, retrying once: {_first_line(str(exc))}")
-                continue
-            return RunRecord(scenario=scenario, outcome="infra-error", reason=str(exc),
-                             kernel_metadata=dict(kernel.metadata), artifacts_dir=str(workdir),
-                             started_at=started, finished_at=time.time(), attempts=attempts)
+        return (host.record() if host is not None else describe(driver, "local")).to_dict()
+    except InfraError as exc:   # the host went away after the guest ended: keep the result
+        log.warning("no host record: %s", exc)
+        return None
 
 
-def _attempt_micro(scenario: Scenario, kernel: "KernelArtifact", base: Path, driver: LibvirtDriver,
-                   workdir: Path, say: Progress, cancel: threading.Event | None,
-                   wait_for_memory: bool) -> _Attempt:
-    from ..image import micro
-    name = driver.new_name()
-    initrd = driver.scratch_dir() / f"{name}.initrd.gz"
-    console_path = workdir / "console.log"
-    serial_path = workdir / "serial.log"
-    try:
-        micro.scenario_initrd(base, micro_env(scenario, kernel), initrd)
-        domain_type = driver.probe_domain_type()
-        spec = DomainSpec(
-            name=name, memory=scenario.guest.memory, vcpus=scenario.guest.vcpus,
-            kernel=kernel.bzimage, initrd=initrd, cmdline=micro.MICRO_CMDLINE,
-            console_path=console_path, serial_path=serial_path, domain_type=domain_type,
-            hugepage_backing=scenario.guest.hugepage_backing,
-            metadata=owner_metadata(driver.run_id, files=(initrd,)))
-        say(f"boot {name} ({domain_type}, {kernel.release})")
-        with driver.boot(spec, wait_for_memory=wait_for_memory, cancel=cancel) as guest:
-            ended, series = _follow(guest, scenario.guest.timeout, say, cancel)
-            if not ended:
-                say(f"no end after {scenario.guest.timeout:g} s: stopping the guest")
-                guest.destroy()
-            guest_seconds = guest.guest_seconds
-            end_reason, by_infra = guest.end_reason, guest.ended_by_infra
-    except InfraError as exc:
-        # libvirt refused or QEMU did not start: the machinery's fault, worth a retry
-        return _Attempt(Classification("infra-error", str(exc), retry=True))
-    finally:
-        initrd.unlink(missing_ok=True)
-    # read_guest_output stitches virtlogd's rotated parts (serial.log.0, ...) back together
-    output = micro.read_guest_output(serial_path) if serial_path.exists() else micro.GuestOutput()
-    evidence = Evidence(
-        ended=ended, end_reason=end_reason, ended_by_infra=by_infra and not ended_by_guest(output),
-        timeout=scenario.guest.timeout, console=serial.read_text(console_path),
-        result=output.result, status=output.status, dmesg=output.dmesg,
-        broken_frames=tuple(f"{b.name}: {b.reason}" for b in output.broken),
-        system_map=system_map(kernel))
-    _save_frames(output, workdir)
-    return _Attempt(classify(evidence), result=output.result, guest_seconds=guest_seconds, timeseries=series)
-
-
-def system_map(kernel: "KernelArtifact") -> Path | None:
-    """The artifact's System.map (built kernels keep one), to name a crash's function."""
-    path = Path(kernel.path) / "System.map"
-    return path if path.is_file() else None
-
-
-def ended_by_guest(output: Any) -> bool:
-    """The guest got to the end of its report: whatever libvirt says, it was not cut short."""
-    return output.status is not None
-
-
-def _follow(guest, timeout: float, say: Progress, cancel: threading.Event | None) -> tuple[bool, dict]:
-    """Wait for the guest to end (True) or the timeout (False); report its progress lines."""
-    follower = serial.LineFollower(guest.console_path)
-    throttle = ProgressThrottle(say)
-    series: dict[str, list] = {"t_s": [], "qemu_rss_bytes": []}
-    next_sample = 0.0
-    while True:
-        remaining = timeout - guest.guest_seconds
-        ended = guest.wait(max(0.0, min(MONITOR_INTERVAL, remaining)), cancel=cancel)
-        for event in frames.progress_events(follower.new_lines()):
-            throttle.event(event)
-        now = guest.guest_seconds
-        if not ended and now >= next_sample:
-            rss = guest.rss_bytes()
-            if rss is not None:
-                series["t_s"].append(round(now, 2))
-                series["qemu_rss_bytes"].append(rss)
-            next_sample = now + MONITOR_INTERVAL
-        if ended:
-            return True, series
-        if guest.guest_seconds >= timeout:
-            return False, series
-
-
-def _save_frames(output: Any, workdir: Path) -> None:
-    """Keep the decoded frames next to the raw serial file (easier to read than base64)."""
-    import json
-    broken = [{"name": b.name, "reason": b.reason} for b in output.broken]
-    root = workdir.resolve()
-    unreadable = {error.split(":", 1)[0] for error in getattr(output, "errors", ())}
-    for name, frame in output.frames.items():
-        if name in unreadable:
-            continue   # a result.json that is not JSON would only mislead; serial.log keeps it
-        # the decoder already refuses names that are not plain words; a name is checked
-        # again here because it becomes a file name, and the guest is not to be trusted
-        suffix = ".json" if name in ("result", "probe", "status") else ".txt"
-        target = workdir / f"{name}{suffix}"
-        if not frames.valid_name(name) or target.resolve().parent != root:
-            broken.append({"name": frames.safe_name(name), "reason": "not a plain file name: not saved"})
-            continue
-        target.write_bytes(frame.payload)
-    for error in getattr(output, "errors", ()):
-        broken.append({"name": error.split(":", 1)[0], "reason": error})
-    if broken:
-        (workdir / "broken-frames.json").write_text(json.dumps(broken, indent=2) + "\n")
-
-
-def _keep_failed_attempt(workdir: Path, attempt: int) -> None:
+def _keep_failed_attempt(workdir: Path, attempt: int | str) -> None:
     for name in ("console.log", "serial.log"):
         path = workdir / name
         for part in serial.rotated_parts(path):
@@ -301,62 +145,151 @@ def _first_line(text: str | None) -> str:
 
 def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, progress: Progress | None = None,
                driver: LibvirtDriver | None = None, uri: str | None = None,
-               runs_root: Path | None = None) -> list[RunRecord]:
-    """Run every scenario of ``matrix`` (``parallel`` at a time), store and check each record.
+               runs_root: Path | None = None, lab: "LabFile | None" = None,
+               hosts: "list[Host] | None" = None) -> list[RunRecord]:
+    """Run every scenario of ``matrix`` on the lab's hosts, store and check each record.
 
-    Returns the records in matrix order. Ctrl-C/SIGTERM: the running guests are torn down,
-    nothing of the interrupted scenarios is stored, KeyboardInterrupt propagates.
+    The hosts are ``hosts`` (tests keep them to read their counters), else the lab file's
+    (``lab``), else one local host on ``uri`` (or on ``driver``). ``parallel`` is per host
+    unless the lab file sets it. Returns the records in matrix order. Ctrl-C/SIGTERM: the
+    running guests on every host are torn down, nothing of the interrupted scenarios is
+    stored, KeyboardInterrupt propagates.
     """
+    from ..fleet.host import Host, hosts_for
+    from ..fleet.lab_file import HostSpec, default_lab
+    from ..fleet.placement import Placement, largest_first, refuse_unplaceable
     say = progress or _quiet
-    own_driver = driver is None
-    driver = driver or LibvirtDriver(uri)
-    runs_root = runs_root or paths.runs_dir() / driver.run_id
+    own_hosts = hosts is None
+    if hosts is None:
+        if driver is not None:
+            hosts = [Host(HostSpec(name="local", uri=driver.uri), run_id=driver.run_id, parallel=parallel)]
+            hosts[0].driver = driver
+        else:
+            hosts = hosts_for(lab or default_lab(uri), run_id=new_run_id(), parallel=parallel)
+    run_id = hosts[0].driver.run_id
+    runs_root = runs_root or paths.runs_dir() / run_id
     scenarios = list(matrix.scenarios)
     board = LiveBoard(len(scenarios), say)
     cancel = threading.Event()
     records: dict[int, RunRecord] = {}
+    kinds = {image: guest_kind(image) for image in sorted({s.guest.image for s in scenarios})}
+    placement = Placement(hosts, unsuitable=lambda host, scenario: kinds[scenario.guest.image].runs_on(host.driver))
     try:
         # what no guest could hold is refused before the first boot (numbers, what fits)
         check_feasible(scenarios, store, say)
-        # one base image for the whole matrix: every scenario boots the same bits
-        base = _preflight(scenarios, driver, say)
+        _preflight(scenarios, hosts, kinds, placement, say)
+        refuse_unplaceable(placement, scenarios)
         board.start()
+        failures: dict[int, list[dict]] = {}
 
-        def one(index: int, scenario: Scenario) -> RunRecord:
-            board.phase(index, scenario.scenario_id, "start")
-            workdir = runs_root / f"{index + 1:03d}-{_slug(scenario.scenario_id)}"
-            record = run_scenario(scenario, driver=driver, workdir=workdir, cancel=cancel,
-                                  progress=lambda line: board.phase(index, scenario.scenario_id, line),
-                                  wait_for_memory=parallel > 1, base_initrd=base)
+        def one(index: int, scenario: Scenario, host: "Host") -> RunRecord:
+            try:
+                board.phase(index, scenario.scenario_id, f"start on {host.name}" if len(hosts) > 1 else "start")
+                workdir = runs_root / f"{index + 1:03d}-{_slug(scenario.scenario_id)}"
+                record = run_scenario(scenario, driver=host.driver, workdir=workdir, cancel=cancel,
+                                      progress=lambda line: board.phase(index, scenario.scenario_id, line),
+                                      wait_for_memory=host.parallel > 1, kind=kinds[scenario.guest.image],
+                                      host=host)
+            finally:
+                placement.release(host, scenario)
+            record.host_failures = failures.get(index, [])
             record.expectation_failures = expectations.check(scenario.expect, record)
             _store_or_keep(store, record, scenario, workdir, say)
             board.done(index, scenario.scenario_id, record)
             return record
 
-        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="scenario") as pool:
-            futures: dict[Future, int] = {pool.submit(one, i, s): i for i, s in enumerate(scenarios)}
+        waiting = largest_first(scenarios)
+        workers = sum(h.parallel for h in hosts)
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="scenario") as pool:
+            running: dict[Future, tuple[int, "Host"]] = {}
             try:
-                pending = set(futures)
-                while pending:
+                while waiting or running:
+                    waiting = _dispatch(waiting, scenarios, placement, pool, running, one, records, say)
+                    if not running:
+                        continue
                     # a timeout keeps the main thread responsive to Ctrl-C
-                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(set(running), timeout=0.5, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        records[futures[future]] = future.result()
+                        index, host = running.pop(future)
+                        try:
+                            records[index] = future.result()
+                        except HostLost as lost:
+                            down = host.down
+                            failures.setdefault(index, []).append(
+                                {"host": host.name, "uri": host.driver.display_uri,
+                                 "at": down.at if down else time.time(), "reason": str(lost)})
+                            say(f"host {host.name} failed at {_clock(down.at if down else time.time())} "
+                                f"({_first_line(str(lost))}): {scenarios[index].scenario_id} goes to another host")
+                            waiting = sorted(waiting + [index], key=largest_first(scenarios).index)
             except BaseException:
                 # stop the workers: queued scenarios never start, running ones unwind
                 # through their cleanup (their wait loops raise on cancel)
                 cancel.set()
-                for future in futures:
+                for future in running:
                     future.cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        _say_hosts(hosts, say)
     finally:
         board.stop()
-        driver.remove_scratch()
         _remove_if_empty(runs_root)
-        if own_driver:
-            driver.close()
+        if own_hosts:
+            for host in hosts:
+                if host.driver is driver:
+                    host.driver.remove_scratch()   # the caller's driver: the caller closes it
+                else:
+                    host.close()
     return [records[i] for i in sorted(records)]
+
+
+def _dispatch(waiting: list[int], scenarios: list[Scenario], placement, pool, running: dict,
+              one, records: dict, say: Progress) -> list[int]:
+    """Start every waiting scenario a host has room for now; returns those still waiting.
+
+    A scenario that no host that is still up can ever hold (its hosts went down) ends as
+    infra-error here, so the matrix still finishes."""
+    still: list[int] = []
+    for index in waiting:
+        scenario = scenarios[index]
+        if not placement.candidates(scenario):
+            down = [h.name for h in placement.hosts if h.down is not None]
+            records[index] = _no_host_record(scenario, down)
+            say(f"{scenario.scenario_id}: infra-error: no host left that can run it (down: {', '.join(down)})")
+            continue
+        host = placement.acquire(scenario)
+        if host is None:
+            still.append(index)
+            continue
+        running[pool.submit(one, index, scenario, host)] = (index, host)
+    if still and len(still) == len(waiting) and not running:
+        time.sleep(0.5)   # nothing could start and nothing runs: capacity frees up outside the lab
+    return still
+
+
+def _no_host_record(scenario: Scenario, down: list[str]) -> RunRecord:
+    now = time.time()
+    return RunRecord(scenario=scenario, outcome="infra-error",
+                     reason=f"no host left that can run it: {', '.join(down)} down",
+                     started_at=now, finished_at=now, attempts=0)
+
+
+def _say_hosts(hosts: "list[Host]", say: Progress) -> None:
+    """Per host: what crossed the network into its artifact cache, and whether it failed."""
+    for host in hosts:
+        parts = []
+        files = host.driver.files
+        volumes = getattr(files, "_volumes", None)
+        if volumes is not None:
+            c = volumes.counters
+            parts.append(f"uploaded {c.uploads} artifact(s) ({c.uploaded_bytes} bytes), {c.hits} cache hit(s)")
+        if host.down is not None:
+            parts.append(f"DOWN since {_clock(host.down.at)}: {host.down.reason}")
+        if parts:
+            say(f"host {host.name}: " + "; ".join(parts))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
 
 
 #: in a scenario's run directory once its record is in the store (gc keeps such directories)
@@ -368,15 +301,13 @@ def _store_or_keep(store: "ResultStore", record: RunRecord, scenario: Scenario, 
     """Store the record; when the store cannot take it, keep it as JSON in the run directory.
 
     A finished run is never lost to a broken store: it can be imported later."""
-    import sqlite3
-    from ..errors import LabError
     from ..results.record_file import RECORD_FILE, write_record
     try:
         store.add(record, matrix_source=scenario.source)
         # gc keeps the directories of stored runs when it sweeps a killed matrix run
         if workdir.is_dir():
             (workdir / STORED_MARK).touch()
-    except (sqlite3.Error, LabError, OSError) as exc:
+    except Exception as exc:   # sqlite3, psycopg, the lab's own: whatever the store raised
         workdir.mkdir(parents=True, exist_ok=True)
         kept = write_record(record, workdir / RECORD_FILE)
         log.warning("%s: the store did not take the run (%s); kept it as %s", scenario.scenario_id, exc, kept)
@@ -400,10 +331,9 @@ def check_feasible(scenarios: list[Scenario], store: "ResultStore | None", say: 
         check_scenario(scenario, costs[key])
 
 
-def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) -> Path | None:
-    """Fail before the first boot on what would fail every scenario: kernels, image, RAM.
-
-    Returns the micro base image (None when no scenario uses it)."""
+def _preflight(scenarios: list[Scenario], hosts: "list[Host]", kinds: dict[str, GuestKind], placement,
+               say: Progress) -> None:
+    """Fail before the first boot on what would fail every scenario: kernels, images, hosts."""
     for name in sorted({s.kernel for s in scenarios}):
         try:
             resolve_kernel(name, say)
@@ -413,20 +343,28 @@ def _preflight(scenarios: list[Scenario], driver: LibvirtDriver, say: Progress) 
             if not source:
                 raise
             raise NotFoundError(f"{source}: {exc.message}", hint=exc.hint) from exc
-    base = None
-    if any(s.guest.image == "micro" for s in scenarios):
-        from ..image import micro
-        base = micro.build(say)
-    domain_type = driver.probe_domain_type()
-    say(f"guests run as domain type {domain_type}")
-    budget = driver.memory_budget()
-    for scenario in scenarios:
-        if not budget.fits(scenario.guest.memory) and not driver.own_active_guests():
-            from ..errors import LimitError
-            raise LimitError(f"{scenario.source or scenario.scenario_id}: the host cannot give this guest "
-                             f"its RAM: {budget.describe(scenario.guest.memory)}",
-                             hint="lower ram in the matrix or free host memory")
-    return base
+    for image, kind in kinds.items():
+        kind.prepare([s for s in scenarios if s.guest.image == image], say)
+    from ..errors import InfraError
+    for host in hosts:
+        try:
+            record = host.record()
+            capacity = host.capacity()
+        except InfraError as exc:
+            if len(hosts) == 1:
+                raise
+            host.mark_down(str(exc))
+            say(f"host {host.name} is down before the start: {_first_line(str(exc))}")
+            continue
+        prefix = f"host {host.name}: " if len(hosts) > 1 else ""
+        say(f"{prefix}guests run as domain type {'kvm' if record.accelerator == 'kvm' else 'qemu'}"
+            + (f" ({record.cpu_model}, Linux {record.kernel}); room for {_gib(capacity.ram)} of guests, "
+               f"{host.parallel} at a time" if len(hosts) > 1 else ""))
+
+
+def _gib(num: int) -> str:
+    from ..units import format_size
+    return format_size(num)
 
 
 def _remove_if_empty(path: Path) -> None:
