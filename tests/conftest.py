@@ -30,3 +30,22 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run scripts/setup")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL cluster (tests/pg_helpers.py), started only for tests that ask
+    for it and stopped at the end of the session, also after a failure."""
+    from pg_helpers import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """The URL of a fresh empty database on the session's PostgreSQL server."""
+    return postgres_server.database()

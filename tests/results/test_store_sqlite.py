@@ -91,7 +91,7 @@ def test_v1_file_from_an_older_schema_is_migrated(tmp_path, record_factory):
     path = tmp_path / "old.sqlite"
     # what mshare-lab with schema v1 wrote: its DDL and one run, no point id or attempts yet
     conn = sqlite3.connect(path)
-    conn.executescript(store_mod.MIGRATIONS[0])
+    conn.executescript(store_mod.MIGRATIONS[0].script())
     record = record_factory(kernel="debian-6.1", pte_ratio=1.1)
     conn.execute("INSERT INTO runs(run_id, scenario_id, kernel, mechanism, sga, clients, ram, repeat, outcome,"
                  " started_at, finished_at, guest_seconds, scenario, result) VALUES"

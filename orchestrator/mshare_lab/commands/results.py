@@ -1,4 +1,6 @@
-"""``mshare-lab results list|show|export`` and ``mshare-lab compare``: read the results store."""
+"""``mshare-lab results list|show|export|import`` and ``mshare-lab compare``: read the results store.
+
+``--results`` is a SQLite file or a ``postgresql://`` URL (results.location decides which)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, UserError
 from ..lab.record import RunRecord
 from ..lab.scenario import OUTCOMES
-from ..paths import default_results_db
 from ..results import compare as compare_mod
 from ..results import export
+from ..results.location import ResultsLocation, existing, results_location
 from ..results.store import ResultStore
 from ..units import format_metric, format_seconds, format_size, metric_formatter
 
@@ -42,8 +44,9 @@ def register(subparsers) -> None:
     exporting.set_defaults(func=cmd_export)
 
     importing = sub.add_parser("import", help="add runs from a JSON file (a run's record.json, or "
-                                              "the output of 'results export --json')")
-    importing.add_argument("files", type=Path, nargs="+", metavar="FILE.json")
+                                              "the output of 'results export --json') or merge a local "
+                                              "SQLite store (runs already there are skipped)")
+    importing.add_argument("files", type=Path, nargs="+", metavar="FILE.json|FILE.sqlite")
     _results_file(importing)
     importing.set_defaults(func=cmd_import)
 
@@ -63,8 +66,9 @@ def register(subparsers) -> None:
 
 
 def _results_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=None, metavar="FILE",
-                        help="results database (default: <lab home>/results.sqlite)")
+    parser.add_argument("--results", type=results_location, default=None, metavar="FILE|URL",
+                        help="results store: a SQLite file or postgresql://USER@HOST:PORT/DB "
+                             "(default: <lab home>/results.sqlite)")
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -77,13 +81,9 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def open_store(path: Path | None) -> Iterator[ResultStore]:
+def open_store(location: ResultsLocation | Path | str | None) -> Iterator[ResultStore]:
     """The store to read; a missing file is an error, not a new empty database."""
-    path = path or default_results_db()
-    if not path.exists():
-        raise NotFoundError(f"no results file at {path}",
-                            hint="run a matrix first ('mshare-lab run MATRIX') or pass --results FILE")
-    store = ResultStore(path)
+    store = ResultStore(existing(results_location(location)))
     try:
         yield store
     finally:
@@ -206,15 +206,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from ..results.record_file import read_records
 
-    # every file is read and checked before the first run is added
-    batches = [(path, read_records(path)) for path in args.files]
-    with ResultStore(args.results) as store:
+    target = results_location(args.results)
+    stores = [path for path in args.files if is_sqlite_file(path)]
+    for path in stores:
+        if target.path is not None and target.path.exists() and path.resolve() == target.path.resolve():
+            raise UserError(f"results import {path}: that is the --results store itself",
+                            hint="import another store, or pass --results for the target")
+        existing(results_location(path))
+    # every JSON file is read and checked before the first run is added
+    batches = [(path, read_records(path)) for path in args.files if path not in stores]
+    with ResultStore(target) as store:
         for path, records in batches:
             for record in records:
                 store.add(record, matrix_source=record.scenario.source)
                 print(f"imported {record.scenario_id} as {record.run_id}")
-        print(f"{sum(len(r) for _, r in batches)} run(s) imported into {store.path}")
+        if batches:
+            print(f"{sum(len(r) for _, r in batches)} run(s) imported into {store.location}")
+        for path in stores:
+            # runs keep their run ids: a run already in the target is skipped, so a second import adds nothing
+            with open_store(path) as source:
+                added, skipped = store.merge_from(source)
+            print(f"{path}: {added} run(s) added, {skipped} skipped (already in {store.location})")
     return 0
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """A SQLite store to merge (by its header, whatever the file is called), not a JSON file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        # a missing .sqlite is reported as a missing store, anything else by the JSON reader
+        return Path(path).suffix in (".sqlite", ".sqlite3", ".db")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -226,15 +252,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from ..report.email import format_email
         with open_store(args.results) as store:
             kernels = store.kernels()
-            results_path = store.path
+            location = store.location
         print(format_email(comparison, lab_version=data.lab_version(),
-                           commands=_reproduce(records, kernels, results_path, args)), end="")
+                           commands=_reproduce(records, kernels, location, args)), end="")
         return 0
     print(compare_mod.format_table(comparison))
     return 0
 
 
-def _reproduce(records: list[RunRecord], kernels: dict, results_path: Path, args: argparse.Namespace) -> list[str]:
+def _reproduce(records: list[RunRecord], kernels: dict, results_path: ResultsLocation,
+               args: argparse.Namespace) -> list[str]:
     """The commands that make these numbers again: kernels, matrix runs, this comparison."""
     import shlex
     commands = []

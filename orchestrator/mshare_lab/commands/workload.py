@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import options
 from ..options import Option, WorkloadSpec
+from ..results.location import results_location
 from ..units import format_size, parse_size
 
 
@@ -49,8 +50,9 @@ def register(subparsers) -> None:
                          help="use the per-client cost measured by earlier runs of this kernel")
     predict.add_argument("--image", choices=("micro", "debian"), default="micro",
                          help="guest image of the runs whose cost --kernel uses (default: micro)")
-    predict.add_argument("--results", type=Path, default=None, metavar="FILE",
-                         help="results database the measured cost is read from (default: <lab home>/results.sqlite)")
+    predict.add_argument("--results", type=results_location, default=None, metavar="FILE|URL",
+                         help="results store the measured cost is read from: a SQLite file or "
+                              "postgresql://USER@HOST:PORT/DB (default: <lab home>/results.sqlite)")
     predict.set_defaults(func=cmd_predict)
 
 
@@ -82,12 +84,11 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..paths import default_results_db
     from ..workload.calibration import cost_from_file
     from ..workload.feasibility import ClientCost
     from ..workload.predict import SHARED_ONCE, predict
 
-    cost = cost_from_file(args.results or default_results_db(), args.kernel, args.image) if args.kernel \
+    cost = cost_from_file(results_location(args.results), args.kernel, args.image) if args.kernel \
         else ClientCost.builtin()
     p = predict(args.sga, args.clients, args.ram, args.mechanism, args.lab_ram, cost=cost)
     print(f"{p.clients} processes x {format_size(p.sga)} region ({p.mechanism}) on {format_size(p.ram)} RAM")

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import ConfigError, LabError
 from ..lab.record import RunRecord
 from ..paths import REPO_ROOT
+from ..results.location import ResultsLocation
 from ..results.store import ResultStore
 
 #: the outcome table's measured columns: (result field, header)
@@ -57,7 +58,7 @@ class Accelerator:
 
 @dataclass
 class ReportData:
-    results_path: Path
+    results_path: "ResultsLocation | Path"   # .name and str() (a URL is shown redacted)
     runs: list[RunRecord]
     kernels: dict[str, KernelInfo]
     lab_version: str
@@ -94,7 +95,7 @@ def gather(store: ResultStore, selector: str | None = None) -> ReportData:
                if any(r.scenario.kernel == name for r in runs)}
     matrix_files = sorted({_matrix_file(r) for r in runs if _matrix_file(r)})
     return ReportData(
-        results_path=store.path, runs=runs, kernels=kernels, lab_version=lab_version(),
+        results_path=store.location, runs=runs, kernels=kernels, lab_version=lab_version(),
         host=socket.gethostname(), built_at=time.time(), accelerator=accelerator(),
         matrix_files=matrix_files, not_run=_not_run(runs, matrix_files) if selector is None else [],
         selector=selector, total_runs=len(everything))

@@ -77,6 +77,9 @@ def _p_cell(row: GroupStat | None) -> str:
 
 def format_email(comparison: Comparison, *, lab_version: str, commands: list[str]) -> str:
     lines: list[str] = []
+    for warning in comparison.warnings:
+        # first, where a reader sees it before the numbers; wrapped, never cut
+        lines += textwrap.wrap(warning.replace("warning: ", "WARNING: ", 1), WIDTH, subsequent_indent="  ")
     if not comparison.rows:
         lines.append("no runs to compare")
     per_block = max(1, (WIDTH - LABEL) // COLUMN)

@@ -62,6 +62,7 @@ class Page:
     comparison_rows: list[dict[str, str]] = field(default_factory=list)
     comparison_by: str = ""
     comparison_excluded: int = 0
+    comparison_warnings: list[str] = field(default_factory=list)   # the runs mix accelerators or CPUs
     not_run: list[str] = field(default_factory=list)
 
 
@@ -93,6 +94,7 @@ def build(report: data.ReportData, *, out_dir: Path, by: str | None = None, base
     axis = by or default_axis(report)
     comparison = compare_mod.compare(report.runs, by=axis, baseline=baseline)
     page.comparison_by, page.comparison_excluded = axis, comparison.excluded
+    page.comparison_warnings = [_sentence(w.removeprefix("warning: ")) for w in comparison.warnings]
     page.comparison_rows = [_comparison_row(row) for row in comparison.rows]
     page.figures = [figures.theory(report.runs), figures.timelines(report.runs), figures.comparison(comparison),
                     figures.oom_map(report.runs), figures.protection(report.runs)]
@@ -118,6 +120,10 @@ def write(report: data.ReportData, out: Path, *, by: str | None = None, baseline
 
 
 # --- pieces -----------------------------------------------------------------------------
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
 
 def _notes(report: data.ReportData) -> list[str]:
     notes = []

@@ -8,6 +8,11 @@ one seen, or the one named) the relative change and Welch's t-test p-value
 (``scipy.stats.ttest_ind(equal_var=False)``: repeats of a VM benchmark do not have equal
 variances across kernels). Runs that ended in ``infra-error`` say nothing about a kernel
 and are left out.
+
+Runs from different hosts are not compared blindly: when the compared runs mix
+accelerators (KVM and TCG) or host CPU models, the comparison carries a warning naming
+them (``Comparison.warnings``), shown by the table, the email and the report. Runs without
+a host record (stored before the lab had hosts) count as unknown and never warn alone.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Comparison:
     rows: list[GroupStat] = field(default_factory=list)
     baselines: dict[str, str] = field(default_factory=dict)   # point -> baseline group
     excluded: int = 0                                         # infra-error runs left out
+    warnings: list[str] = field(default_factory=list)         # e.g. the runs mix KVM and TCG
 
     def row(self, point: str, group: str, metric: str) -> GroupStat:
         for r in self.rows:
@@ -107,6 +113,8 @@ def compare(records: Iterable[RunRecord], *, by: str = "kernel", baseline: str |
     comparison = Comparison(by=by)
     points: dict[str, dict[str, list[RunRecord]]] = {}
     groups_seen: list[str] = []
+    records = list(records)
+    comparison.warnings = host_warnings(r for r in records if r.outcome not in NOT_A_RESULT)
     for record in records:
         if record.outcome in NOT_A_RESULT:
             comparison.excluded += 1
@@ -131,6 +139,29 @@ def compare(records: Iterable[RunRecord], *, by: str = "kernel", baseline: str |
                 _against(row, base_values, base in groups)
                 comparison.rows.append(row)
     return comparison
+
+
+#: host record fields that make numbers incomparable when they differ, as people name them
+HOST_FIELDS = (("accelerator", "accelerators"), ("cpu_model", "host CPU models"))
+
+
+def host_warnings(records: Iterable[RunRecord]) -> list[str]:
+    """One line per host field the runs disagree on, naming each value and its run count."""
+    records = list(records)
+    warnings = []
+    for key, label in HOST_FIELDS:
+        counts: dict[str, int] = {}
+        for record in records:
+            value = (record.host or {}).get(key)
+            if value:
+                counts[str(value)] = counts.get(str(value), 0) + 1
+        if len(counts) > 1:
+            unknown = sum(1 for r in records if not (r.host or {}).get(key))
+            named = ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.items())
+            warnings.append(f"warning: the compared runs mix {label}: {named}"
+                            + (f", unknown ({unknown})" if unknown else "")
+                            + "; times and throughput are not comparable across them")
+    return warnings
 
 
 def _against(row: GroupStat, base_values: list[float], has_baseline: bool) -> None:
@@ -176,7 +207,7 @@ def point_label(record: RunRecord, by: str) -> str:
 
 def format_table(comparison: Comparison) -> str:
     if not comparison.rows:
-        return "no runs to compare" + _excluded(comparison)
+        return "\n".join([*comparison.warnings, "no runs to compare"]) + _excluded(comparison)
     header = ("point", comparison.by, "metric", "n", "mean ± sd", "change", "p", "")
     lines = [header]
     previous_point = None
@@ -189,7 +220,7 @@ def format_table(comparison: Comparison) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     legend = f"grouped by {comparison.by}; change and Welch's t-test p against the baseline; * = p < {ALPHA}"
-    return "\n".join([legend, *text]) + _excluded(comparison)
+    return "\n".join([*comparison.warnings, legend, *text]) + _excluded(comparison)
 
 
 def row_cells(row: GroupStat) -> dict[str, str]:

@@ -1,15 +1,15 @@
-"""The results store: one SQLite file holding every run the lab has made.
+"""The results store: every run the lab has made, in a SQLite file or a PostgreSQL database.
 
-Schema versioned with ``PRAGMA user_version`` and an ordered list of migrations applied
-on open, so a results file from an older mshare-lab keeps working. Runner threads add
-runs at the same time: each thread gets its own connection (sqlite3 connections must
-not be shared across threads) and writes go through one lock, with WAL so readers
-never wait for a writer.
+``ResultStore(location)`` takes what ``--results`` gives (results.location): a path opens the
+local SQLite file (results.backend_sqlite), a ``postgresql://`` URL the shared server
+(results.backend_postgres). Both hold the same schema, built by the same ordered list of
+migrations applied on open, so a results store from an older mshare-lab keeps working; the
+backend supplies the connections, the version bookkeeping and the few SQL differences.
 
 Tables: ``kernels`` (name, release, metadata JSON), ``runs`` (one row per executed
-scenario, the scenario and result documents as JSON), ``metrics`` (numeric result
-fields flattened to dotted names: ``latency_us.p99``) and ``timeseries`` (run, series,
-t, value; the workload's own series are stored as ``workload.<name>``).
+scenario, the scenario and result documents as JSON, the host record), ``metrics``
+(numeric result fields flattened to dotted names: ``latency_us.p99``) and ``timeseries``
+(run, series, t, value; the workload's own series are stored as ``workload.<name>``).
 """
 
 from __future__ import annotations
@@ -18,131 +18,164 @@ import dataclasses
 import json
 import math
 import secrets
-import sqlite3
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Union
 
-from ..errors import NotFoundError, UserError
+from ..errors import NotFoundError
 from ..lab.kernel_log import KernelLog
 from ..lab.record import RunRecord
 from ..lab.scenario import GuestShape, Scenario
 from ..options import WorkloadSpec
-from ..paths import default_results_db
 from . import series as series_mod
+from .location import ResultsFileError, ResultsLocation, results_location
+
+__all__ = ["ResultStore", "ResultsFileError", "MIGRATIONS", "SCHEMA_VERSION"]
+
+#: one statement of a migration: SQL both dialects accept, or one text per dialect
+#: ({"sqlite": ..., "postgresql": ...}; a dialect without an entry skips the statement).
+#: PostgreSQL reads INTEGER as BIGINT and REAL as DOUBLE PRECISION (backend_postgres).
+Statement = Union[str, Mapping[str, str]]
 
 
-class ResultsFileError(UserError):
-    """The results file is not one this mshare-lab can read (corrupt, or from a newer version)."""
+@dataclass(frozen=True)
+class Migration:
+    statements: tuple[Statement, ...]
+
+    def for_dialect(self, dialect: str) -> list[str]:
+        out = []
+        for statement in self.statements:
+            text = statement if isinstance(statement, str) else statement.get(dialect)
+            if text:
+                out.append(" ".join(text.split()))
+        return out
+
+    def script(self, dialect: str = "sqlite") -> str:
+        """The whole migration as one script (``sqlite3.executescript`` takes it)."""
+        return ";\n".join(self.for_dialect(dialect)) + ";\n"
 
 
-# Ordered: migration i (0-based) takes a file from user_version i to i + 1. Never edit a
+# Ordered: migration i (0-based) takes a store from version i to i + 1. Never edit a
 # released entry; append a new one.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     # v1: the first store
-    """
-    CREATE TABLE kernels (
-        name TEXT PRIMARY KEY,
-        release TEXT,
-        metadata TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        scenario_id TEXT NOT NULL,
-        kernel TEXT NOT NULL,
-        mechanism TEXT NOT NULL,
-        sga INTEGER NOT NULL,
-        clients INTEGER NOT NULL,
-        ram INTEGER NOT NULL,
-        repeat INTEGER NOT NULL,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        started_at REAL,
-        finished_at REAL,
-        guest_seconds REAL,
-        console_log TEXT,
-        artifacts_dir TEXT,
-        scenario TEXT NOT NULL,
-        result TEXT
-    );
-    CREATE TABLE metrics (
-        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        value REAL NOT NULL,
-        PRIMARY KEY (run_id, name)
-    );
-    CREATE INDEX runs_by_kernel ON runs(kernel, mechanism);
-    """,
+    Migration((
+        """CREATE TABLE kernels (
+            name TEXT PRIMARY KEY,
+            release TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            scenario_id TEXT NOT NULL,
+            kernel TEXT NOT NULL,
+            mechanism TEXT NOT NULL,
+            sga INTEGER NOT NULL,
+            clients INTEGER NOT NULL,
+            ram INTEGER NOT NULL,
+            repeat INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            started_at REAL,
+            finished_at REAL,
+            guest_seconds REAL,
+            console_log TEXT,
+            artifacts_dir TEXT,
+            scenario TEXT NOT NULL,
+            result TEXT
+        )""",
+        # insertion order: SQLite has rowid, PostgreSQL gets a sequence
+        {"postgresql": "ALTER TABLE runs ADD COLUMN seq BIGSERIAL"},
+        """CREATE TABLE metrics (
+            run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run_id, name)
+        )""",
+        "CREATE INDEX runs_by_kernel ON runs(kernel, mechanism)",
+    )),
     # v2: repeats are compared per point, retries and expectation failures are kept, the
     # matrix file a run came from is recorded, and monitor time series get a table
-    """
-    ALTER TABLE runs ADD COLUMN point_id TEXT;
-    UPDATE runs SET point_id = CASE WHEN instr(scenario_id, '#') > 0
-                                    THEN substr(scenario_id, 1, instr(scenario_id, '#') - 1)
-                                    ELSE scenario_id END;
-    ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE runs ADD COLUMN expectation_failures TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE runs ADD COLUMN matrix_source TEXT;
-    CREATE INDEX runs_by_point ON runs(point_id);
-    CREATE TABLE timeseries (
-        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        series TEXT NOT NULL,
-        t REAL NOT NULL,
-        value REAL NOT NULL
-    );
-    CREATE INDEX timeseries_by_run ON timeseries(run_id, series, t);
-    """,
+    Migration((
+        "ALTER TABLE runs ADD COLUMN point_id TEXT",
+        {"sqlite": """UPDATE runs SET point_id = CASE WHEN instr(scenario_id, '#') > 0
+                          THEN substr(scenario_id, 1, instr(scenario_id, '#') - 1)
+                          ELSE scenario_id END""",
+         "postgresql": """UPDATE runs SET point_id = CASE WHEN strpos(scenario_id, '#') > 0
+                          THEN substr(scenario_id, 1, strpos(scenario_id, '#') - 1)
+                          ELSE scenario_id END"""},
+        "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE runs ADD COLUMN expectation_failures TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE runs ADD COLUMN matrix_source TEXT",
+        "CREATE INDEX runs_by_point ON runs(point_id)",
+        """CREATE TABLE timeseries (
+            run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+            series TEXT NOT NULL,
+            t REAL NOT NULL,
+            value REAL NOT NULL
+        )""",
+        {"postgresql": "ALTER TABLE timeseries ADD COLUMN seq BIGSERIAL"},
+        "CREATE INDEX timeseries_by_run ON timeseries(run_id, series, t)",
+    )),
     # v3: the kernel-log summary of each run (lab.kernel_log: counts per kind, first
     # excerpt, phase, crash title); NULL for runs stored before it existed
-    """
-    ALTER TABLE runs ADD COLUMN kernel_log TEXT;
-    """,
+    Migration(("ALTER TABLE runs ADD COLUMN kernel_log TEXT",)),
+    # v4: which host ran it (fleet.host_record.HostRecord.to_dict() as JSON; NULL for runs
+    # stored before the lab had hosts) and the hosts that failed under it (JSON list)
+    Migration((
+        "ALTER TABLE runs ADD COLUMN host TEXT",
+        "ALTER TABLE runs ADD COLUMN host_failures TEXT NOT NULL DEFAULT '[]'",
+    )),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-#: tables a file of at least that schema version has
+#: tables a store of at least that schema version has
 _TABLES_SINCE = {1: ("kernels", "runs", "metrics"), 2: ("timeseries",)}
 WORKLOAD_SERIES_PREFIX = "workload."
+_RUN_COLUMNS = ("run_id", "scenario_id", "point_id", "kernel", "mechanism", "sga", "clients", "ram", "repeat",
+                "outcome", "reason", "started_at", "finished_at", "guest_seconds", "attempts",
+                "expectation_failures", "console_log", "artifacts_dir", "matrix_source", "scenario", "result",
+                "kernel_log", "host", "host_failures")
+_INSERT_RUN = (f"INSERT INTO runs({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})")
+
+
+def open_backend(location: ResultsLocation):
+    if location.is_postgres:
+        # imported here: psycopg is only loaded by those who use a server
+        from .backend_postgres import PostgresBackend
+        return PostgresBackend(location.url)
+    from .backend_sqlite import SqliteBackend
+    return SqliteBackend(location.path)
 
 
 class ResultStore:
-    """``ResultStore(path)``: add runs, list and fetch them. Usable from several threads."""
+    """``ResultStore(location)``: add runs, list and fetch them. Usable from several threads.
 
-    def __init__(self, path: Path | str | None = None):
-        self.path = Path(path) if path else default_results_db()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._migrate()
+    ``location`` is a path, a ``postgresql://`` URL, a ResultsLocation or None (the default file)."""
 
-    # --- connections -------------------------------------------------------------------
+    def __init__(self, location: ResultsLocation | Path | str | None = None):
+        self.location = results_location(location)
+        self._db = open_backend(self.location)
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                # autocommit mode: transactions are explicit BEGIN/COMMIT below
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-                conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.DatabaseError as exc:
-                raise ResultsFileError(f"{self.path} is not a results database: {exc}",
-                                       hint="point --results at another file or move this one away") from exc
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None for a PostgreSQL store: see ``location``)."""
+        return self.location.path
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    def _conn(self):
+        return self._db.conn()
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._db.close()
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -150,57 +183,36 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transaction(self) -> "_Transaction":
-        return _Transaction(self._conn(), self._write_lock)
-
     # --- schema ------------------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        return self._db.version()
 
     def _check(self) -> None:
-        """Refuse a damaged file at open, before a matrix boots any guest for it.
-
-        ``quick_check`` reads every page (O(size), milliseconds for a lab's store) and finds
-        the garbage a torn write or a stray ``dd`` leaves in the middle of the file."""
-        try:
-            rows = self._conn().execute("PRAGMA quick_check(5)").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise ResultsFileError(f"{self.path} is damaged: {exc}",
-                                   hint="restore it from a copy, or point --results at another file") from exc
-        problems = [row[0] for row in rows if row[0] != "ok"]
-        if problems:
-            raise ResultsFileError(f"{self.path} is damaged (sqlite quick_check: {'; '.join(problems)[:300]})",
-                                   hint="restore it from a copy, or point --results at another file")
-        # a file whose version says a table exists that does not (dropped by hand, or not ours)
-        version = self._conn().execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in self._conn().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        # (a newer file is refused by _migrate with a better message)
+        self._db.check()
+        # a store whose version says a table exists that does not (dropped by hand, or not ours)
+        version = self._db.version()
+        tables = self._db.tables()
+        # (a newer store is refused by _migrate with a better message)
         wanted = {n: t for n, t in _TABLES_SINCE.items() if version >= n} if version <= SCHEMA_VERSION else {}
         missing = sorted(t for need in wanted.values() for t in need if t not in tables)
         if missing:
-            raise ResultsFileError(f"{self.path} says schema version {version} but has no table "
+            raise ResultsFileError(f"{self.location} says schema version {version} but has no table "
                                    f"{', '.join(missing)}: not a results store this mshare-lab wrote",
                                    hint="restore it from a copy, or point --results at another file")
 
     def _migrate(self) -> None:
         self._check()
-        with self._transaction() as conn:
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                raise ResultsFileError(f"{self.path} is not a results database: {exc}",
-                                       hint="point --results at another file or move this one away") from exc
+        with self._db.migration() as (conn, version):
             if version > SCHEMA_VERSION:
                 raise ResultsFileError(
-                    f"{self.path} has schema version {version}, newer than this mshare-lab knows ({SCHEMA_VERSION})",
-                    hint="upgrade mshare-lab, or use another --results file")
+                    f"{self.location} has schema version {version}, newer than this mshare-lab knows "
+                    f"({SCHEMA_VERSION})", hint="upgrade mshare-lab, or use another --results file")
             for number in range(version, SCHEMA_VERSION):
-                for statement in _statements(MIGRATIONS[number]):
-                    conn.execute(statement)
-                # PRAGMA takes no parameters; the value is our own integer
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+                for statement in MIGRATIONS[number].for_dialect(self._db.dialect):
+                    conn.execute(self._db.ddl(statement))
+                self._db.set_version(conn, number + 1)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -210,42 +222,64 @@ class ResultStore:
             run_id = new_run_id(record.started_at or time.time())
             try:
                 self._insert(run_id, record, matrix_source)
-            except sqlite3.IntegrityError as exc:
-                # two runs that started in the same second drew the same random suffix
-                if "runs.run_id" in str(exc):
+            except self._db.integrity_errors as exc:
+                # two runs that started in the same second drew the same random suffix (the
+                # transaction rolled back whole: draw again)
+                if self._db.is_duplicate(exc, "runs.run_id"):
                     continue
                 raise
             record.run_id = run_id
             return run_id
-        raise sqlite3.IntegrityError("could not draw a unique run id in 5 tries")
+        raise ResultsFileError(f"could not draw a unique run id in 5 tries in {self.location}")
 
-    def _insert(self, run_id: str, record: RunRecord, matrix_source: str | None) -> None:
+    def add_existing(self, record: RunRecord, *, matrix_source: str | None = None) -> bool:
+        """Store a run under the run_id it already has (an import); False when that id is there."""
+        if not record.run_id:
+            raise ValueError("add_existing needs a record with a run_id")
+        return self._insert(record.run_id, record, matrix_source, if_absent=True)
+
+    def merge_from(self, other: "ResultStore") -> tuple[int, int]:
+        """Every run of ``other`` not already here (by run_id): (added, skipped)."""
+        sources = {row[0]: row[1] for row in other._conn().execute("SELECT run_id, matrix_source FROM runs")}
+        added = skipped = 0
+        for record in other.runs():
+            if self.add_existing(record, matrix_source=sources.get(record.run_id)):
+                added += 1
+            else:
+                skipped += 1
+        return added, skipped
+
+    def _insert(self, run_id: str, record: RunRecord, matrix_source: str | None, *,
+                if_absent: bool = False) -> bool:
         scenario = record.scenario
         workload = scenario.workload
         result = record.result or None
         release = record.kernel_metadata.get("release") or (result or {}).get("kernel_release")
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
+            # one statement per kernel row: atomic under concurrent writers on both backends
             conn.execute(
                 "INSERT INTO kernels(name, release, metadata) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET release = coalesce(excluded.release, release), "
-                "metadata = CASE WHEN excluded.metadata = '{}' THEN metadata ELSE excluded.metadata END",
+                "ON CONFLICT(name) DO UPDATE SET release = coalesce(excluded.release, kernels.release), "
+                "metadata = CASE WHEN excluded.metadata = '{}' THEN kernels.metadata ELSE excluded.metadata END",
                 (scenario.kernel, release, _json(record.kernel_metadata)))
-            conn.execute(
-                "INSERT INTO runs(run_id, scenario_id, point_id, kernel, mechanism, sga, clients, ram, repeat,"
-                " outcome, reason, started_at, finished_at, guest_seconds, attempts, expectation_failures,"
-                " console_log, artifacts_dir, matrix_source, scenario, result, kernel_log)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            inserted = conn.execute(
+                _INSERT_RUN + (" ON CONFLICT(run_id) DO NOTHING" if if_absent else ""),
                 (run_id, scenario.scenario_id, scenario.point_id, scenario.kernel, workload.mechanism,
                  workload.sga, workload.clients, scenario.guest.memory, scenario.repeat,
                  record.outcome, record.reason, record.started_at, record.finished_at, record.guest_seconds,
                  record.attempts, _json(list(record.expectation_failures)), record.console_log,
                  record.artifacts_dir, matrix_source or scenario.source, scenario_to_json(scenario),
                  _json(result) if result is not None else None,
-                 _json(record.kernel_log.to_dict()) if record.kernel_log is not None else None))
+                 _json(record.kernel_log.to_dict()) if record.kernel_log is not None else None,
+                 _json(record.host) if record.host is not None else None,
+                 _json(list(record.host_failures)))).rowcount
+            if not inserted:
+                return False
             conn.executemany("INSERT INTO metrics(run_id, name, value) VALUES (?, ?, ?)",
                              [(run_id, name, value) for name, value in flatten_metrics(result).items()])
             conn.executemany("INSERT INTO timeseries(run_id, series, t, value) VALUES (?, ?, ?, ?)",
                              [(run_id, name, t, v) for name, t, v in _all_series(record)])
+        return True
 
     # --- reading -----------------------------------------------------------------------
 
@@ -258,10 +292,11 @@ class ResultStore:
                 where.append(f"r.{column} = ?")
                 params.append(value)
         if scenario is not None:
-            where.append("(r.scenario_id GLOB ? OR r.point_id = ?)")
-            params += [scenario, scenario]
+            glob, pattern = self._db.glob("r.scenario_id", scenario)
+            where.append(f"({glob} OR r.point_id = ?)")
+            params += [pattern, scenario]
         sql = _SELECT_RUNS + (" WHERE " + " AND ".join(where) if where else "") + \
-            " ORDER BY r.started_at, r.rowid"
+            f" ORDER BY r.started_at, r.{self._db.insertion_order}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
@@ -271,7 +306,7 @@ class ResultStore:
     def get(self, run_id: str) -> RunRecord:
         row = self._conn().execute(_SELECT_RUNS + " WHERE r.run_id = ?", (run_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"no run '{run_id}' in {self.path}",
+            raise NotFoundError(f"no run '{run_id}' in {self.location}",
                                 hint="'mshare-lab results list' shows the run ids")
         return self._record(row)
 
@@ -285,10 +320,19 @@ class ResultStore:
         self._require(run_id)
         out: dict[str, list[tuple[float, float]]] = {}
         rows = self._conn().execute(
-            "SELECT series, t, value FROM timeseries WHERE run_id = ? ORDER BY series, t, rowid", (run_id,))
+            "SELECT series, t, value FROM timeseries WHERE run_id = ? "
+            f"ORDER BY series, t, {self._db.insertion_order}", (run_id,))
         for name, t, value in rows:
             out.setdefault(name, []).append((t, value))
         return out
+
+    def metric_rows(self, kernel: str, name: str) -> list[tuple[str, str, float]]:
+        """(run_id, scenario JSON, value) of one positive metric of a kernel's runs, latest first."""
+        rows = self._conn().execute(
+            "SELECT r.run_id, r.scenario, m.value FROM runs r JOIN metrics m ON m.run_id = r.run_id "
+            "WHERE r.kernel = ? AND m.name = ? AND m.value > 0 "
+            f"ORDER BY r.started_at DESC, r.{self._db.insertion_order} DESC", (kernel, name)).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def kernels(self) -> dict[str, dict[str, Any]]:
         rows = self._conn().execute("SELECT name, release, metadata FROM kernels ORDER BY name")
@@ -299,10 +343,10 @@ class ResultStore:
 
     def _require(self, run_id: str) -> None:
         if self._conn().execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
-            raise NotFoundError(f"no run '{run_id}' in {self.path}",
+            raise NotFoundError(f"no run '{run_id}' in {self.location}",
                                 hint="'mshare-lab results list' shows the run ids")
 
-    def _record(self, row: sqlite3.Row) -> RunRecord:
+    def _record(self, row) -> RunRecord:
         result = json.loads(row["result"]) if row["result"] else None
         series = {name: [list(p) for p in points] for name, points in self.timeseries(row["run_id"]).items()
                   if not name.startswith(WORKLOAD_SERIES_PREFIX)}
@@ -316,32 +360,12 @@ class ResultStore:
             guest_seconds=row["guest_seconds"] or 0.0, attempts=row["attempts"],
             expectation_failures=json.loads(row["expectation_failures"]),
             kernel_log=KernelLog.from_dict(json.loads(row["kernel_log"])) if row["kernel_log"] else None,
+            host=json.loads(row["host"]) if row["host"] else None,
+            host_failures=json.loads(row["host_failures"] or "[]"),
             run_id=row["run_id"])
 
 
 _SELECT_RUNS = "SELECT r.*, k.metadata FROM runs r LEFT JOIN kernels k ON k.name = r.kernel"
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT under the store's write lock; ROLLBACK on any error."""
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock):
-        self.conn, self.lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self.lock.release()
 
 
 def new_run_id(started_at: float) -> str:
@@ -411,8 +435,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _statements(script: str) -> list[str]:
-    # executescript would COMMIT our transaction; run the statements one by one instead
-    return [s.strip() for s in script.split(";") if s.strip()]

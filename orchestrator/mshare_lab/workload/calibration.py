@@ -20,10 +20,7 @@ METRIC = "client_cost.per_client_bytes"
 
 def measured_cost(store, kernel: str, image: str = "micro") -> ClientCost:
     """The median measured per-client cost of ``kernel`` in ``image`` guests, else the estimate."""
-    rows = store._conn().execute(
-        "SELECT r.run_id, r.scenario, m.value FROM runs r JOIN metrics m ON m.run_id = r.run_id "
-        "WHERE r.kernel = ? AND m.name = ? AND m.value > 0 ORDER BY r.started_at DESC, r.rowid DESC",
-        (kernel, METRIC)).fetchall()
+    rows = store.metric_rows(kernel, METRIC)
     values, runs = [], []
     for run_id, scenario, value in rows:
         try:
@@ -38,10 +35,14 @@ def measured_cost(store, kernel: str, image: str = "micro") -> ClientCost:
     return ClientCost(int(statistics.median(values)), "measured", tuple(runs))
 
 
-def cost_from_file(path: Path | str | None, kernel: str, image: str = "micro") -> ClientCost:
-    """As ``measured_cost`` for a results file that may not exist (then: the estimate)."""
+def cost_from_file(path: "Path | str | None", kernel: str, image: str = "micro") -> ClientCost:
+    """As ``measured_cost`` for a results store (file or URL) that may not exist (then: the estimate)."""
+    from ..results.location import results_location
     from ..results.store import ResultStore
-    if path is None or not Path(path).exists():
+    if path is None:
         return ClientCost.builtin()
-    with ResultStore(path) as store:
+    location = results_location(path)
+    if not location.exists():
+        return ClientCost.builtin()
+    with ResultStore(location) as store:
         return measured_cost(store, kernel, image)
