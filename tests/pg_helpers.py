@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        # tests need no durability; a benchmark of the real cost turns fsync on
+        self.fsync = fsync
         self.dir: Path | None = None
         self.port: int | None = None
         self._names = itertools.count(1)
@@ -64,7 +66,7 @@ class PostgresServer:
             for _ in range(5):
                 self.port = free_port()
                 options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
-                           "-c fsync=off -c max_connections=60 -c shared_buffers=32MB")
+                           f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=60 -c shared_buffers=32MB")
                 done = self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
                                          "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start")
                 if done.returncode == 0:

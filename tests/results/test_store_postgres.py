@@ -266,6 +266,16 @@ def test_results_import_of_a_sqlite_store_twice_adds_nothing_the_second_time(tmp
             assert pg.timeseries(a.run_id) == lite.timeseries(a.run_id)
 
 
+def test_the_json_export_keeps_the_host_and_import_reads_it_back(tmp_path, pg_url, capsys):
+    local = _sqlite_store(tmp_path / "l.sqlite", 2)
+    exported = tmp_path / "runs.json"
+    assert cli.main(["results", "export", "--json", "-o", str(exported), "--results", str(local)]) == 0
+    assert cli.main(["results", "import", str(exported), "--results", pg_url]) == 0
+    with ResultStore(local) as lite, ResultStore(pg_url) as pg:
+        assert [(r.host, r.host_failures) for r in pg.runs()] == [(r.host, r.host_failures) for r in lite.runs()]
+        assert any(r.host_failures for r in pg.runs())
+
+
 def test_results_import_into_sqlite_and_of_a_missing_store(tmp_path, capsys):
     local = _sqlite_store(tmp_path / "a.sqlite", 3)
     target = tmp_path / "b.sqlite"
@@ -414,3 +424,31 @@ def test_redaction_and_the_location_decision(tmp_path):
     from mshare_lab.errors import UserError
     with pytest.raises(UserError, match="read as a file path"):
         results_location(Path("postgresql://u@h/lab"))
+
+
+def test_a_store_reconnects_after_the_server_restarted():
+    # its own server: restarting the session's would cut the other tests' connections
+    from pg_helpers import PG_BIN, PostgresServer
+
+    import psycopg
+    server = PostgresServer().start()
+    try:
+        url = server.database()
+        with ResultStore(url) as store:
+            store.add(rich_record(1))
+            restarted = server._as_postgres(
+                str(PG_BIN / "pg_ctl"), "-D", str(server.data), "-m", "fast", "-w", "restart",
+                "-o", f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.dir}",
+                "-l", str(server.dir / "server.log"))
+            assert restarted.returncode == 0, restarted.stderr
+            # the run in flight fails (the runner keeps it as record.json), the next one is stored
+            with pytest.raises(psycopg.OperationalError):
+                store.add(rich_record(2))
+            store.add(rich_record(3))
+            assert store.count() == 2
+    finally:
+        data = server.data
+        server.stop()
+    # stopped and removed: no server process of that cluster, no directory
+    assert not data.exists()
+    assert subprocess.run(["pgrep", "-f", str(data)], capture_output=True).returncode == 1

@@ -70,6 +70,8 @@ def to_document(records: Iterable[RunRecord]) -> dict[str, Any]:
         for name, t, value in series_mod.points(record.timeseries):
             series.setdefault(name, []).append([t, value])
         entry["timeseries"] = series
+        entry["host"] = record.host
+        entry["host_failures"] = list(record.host_failures)
         runs.append(entry)
     return {"schema": JSON_SCHEMA, "version": JSON_VERSION, "runs": runs}
 

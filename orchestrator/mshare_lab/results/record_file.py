@@ -65,7 +65,9 @@ def _record(entry: Any, path: Path, index: int) -> RunRecord:
             artifacts_dir=entry.get("artifacts_dir"), started_at=float(entry.get("started_at") or 0.0),
             finished_at=float(entry.get("finished_at") or 0.0),
             guest_seconds=float(entry.get("guest_seconds") or 0.0), attempts=int(entry.get("attempts") or 1),
-            expectation_failures=list(entry.get("expectation_failures") or []))
+            expectation_failures=list(entry.get("expectation_failures") or []),
+            host=dict(entry["host"]) if entry.get("host") else None,
+            host_failures=list(entry.get("host_failures") or []))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"run {index + 1} is not a complete record: {exc!r}", location=Location(path)) from exc
 
