@@ -72,10 +72,10 @@ class RemoteFiles:
 
     remote = True
 
-    def __init__(self, conn_getter, pool_path: str, pool_name: str = "mshare-lab"):
+    def __init__(self, conn_getter, pool_path: str, pool_name: str | None = None):
         self._conn_getter = conn_getter
         self.pool_path = pool_path
-        self.pool_name = pool_name
+        self.pool_name = pool_name or pool_name_for(pool_path)
         self._volumes = None
         self._lock = threading.Lock()
 
@@ -147,6 +147,15 @@ class RemoteFiles:
         except Exception as exc:   # the host went away: nothing to list
             log.debug("list volumes: %s", exc)
             return []
+
+
+def pool_name_for(path: str) -> str:
+    """The libvirt pool name of a cache directory: one pool per directory on a host."""
+    from ..fleet.lab_file import DEFAULT_POOL
+    if path.rstrip("/") == DEFAULT_POOL:
+        return "mshare-lab"
+    import hashlib
+    return "mshare-lab-" + hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:8]
 
 
 def _with_files(spec: DomainSpec, files: tuple[Path, ...], run_id: str) -> DomainSpec:

@@ -213,6 +213,8 @@ class LibvirtDriver:
             from ..fleet.lab_file import DEFAULT_POOL, is_local
             files = LocalFiles() if is_local(self.uri) else RemoteFiles(lambda: self.conn, pool or DEFAULT_POOL)
         self.files: HostFiles = files
+        #: why ``alive()`` last said no
+        self.last_error: str | None = None
 
     @property
     def remote(self) -> bool:
@@ -238,9 +240,12 @@ class LibvirtDriver:
             if self._conn is None:
                 return True
             try:
-                return bool(self._conn.isAlive()) and self._conn.getLibVersion() > 0
-            except libvirt.libvirtError:
-                return False
+                if self._conn.isAlive() and self._conn.getLibVersion() > 0:
+                    return True
+                self.last_error = "the connection is closed"
+            except libvirt.libvirtError as exc:
+                self.last_error = (exc.get_error_message() or str(exc)).strip().splitlines()[0][:200]
+            return False
 
     def close(self) -> None:
         with self._lock:

@@ -93,7 +93,8 @@ def run_scenario(scenario: Scenario, *, driver: LibvirtDriver, progress: Progres
             attempt = kind.attempt(scenario, kernel, driver, workdir, say, cancel, wait_for_memory)
             cls = attempt.classification
             if cls.outcome == "infra-error" and host is not None and not host.alive():
-                host.mark_down(_first_line(cls.reason) or "libvirt connection lost")
+                host.mark_down(f"libvirt connection to {host.driver.display_uri} lost: "
+                               f"{host.driver.last_error or 'no answer'}")
                 _keep_failed_attempt(workdir, f"{host.name}-{attempts}")
                 raise HostLost(attempt, attempts)
             if cls.outcome == "infra-error" and cls.retry and attempts < max_attempts:
@@ -213,13 +214,13 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
                         index, host = running.pop(future)
                         try:
                             records[index] = future.result()
-                        except HostLost as lost:
+                        except HostLost:
                             down = host.down
+                            at, why = (down.at, down.reason) if down else (time.time(), "lost")
                             failures.setdefault(index, []).append(
-                                {"host": host.name, "uri": host.driver.display_uri,
-                                 "at": down.at if down else time.time(), "reason": str(lost)})
-                            say(f"host {host.name} failed at {_clock(down.at if down else time.time())} "
-                                f"({_first_line(str(lost))}): {scenarios[index].scenario_id} goes to another host")
+                                {"host": host.name, "uri": host.driver.display_uri, "at": at, "reason": why})
+                            say(f"host {host.name} failed at {_clock(at)} ({why}): "
+                                f"{scenarios[index].scenario_id} goes to another host")
                             waiting = sorted(waiting + [index], key=largest_first(scenarios).index)
             except BaseException:
                 # stop the workers: queued scenarios never start, running ones unwind
@@ -229,6 +230,9 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
                     future.cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        for host in hosts:
+            if host.down is not None:
+                _clean_down_host(host, say)
         _say_hosts(hosts, say)
     finally:
         board.stop()
@@ -271,6 +275,33 @@ def _no_host_record(scenario: Scenario, down: list[str]) -> RunRecord:
     return RunRecord(scenario=scenario, outcome="infra-error",
                      reason=f"no host left that can run it: {', '.join(down)} down",
                      started_at=now, finished_at=now, attempts=0)
+
+
+def _clean_down_host(host: "Host", say: Progress) -> None:
+    """One more try to reach a host that failed: remove what this run left there.
+
+    libvirtd destroyed the guests itself when the connection dropped (AUTODESTROY); their
+    definitions and per-run volumes wait for a connection. When the host is still away,
+    ``mshare-lab gc --lab`` removes them once it answers (their owner, this run, is gone)."""
+    from ..guest.domain import DOMAIN_PREFIX
+    from ..errors import InfraError
+    driver = host.driver
+    driver.close()
+    if hasattr(driver.files, "_volumes"):
+        driver.files._volumes = None   # they held the dead connection
+    try:
+        left = [(name, meta) for name, meta, _ in driver.lab_domains() if meta and meta.run_id == driver.run_id]
+        for name, meta in left:
+            driver.teardown(name, meta.files)
+        volumes = getattr(driver.files, "volumes", None)
+        if volumes is not None:
+            volumes.delete_run_volumes(f"{DOMAIN_PREFIX}{driver.run_id}-")
+        say(f"host {host.name} answers again: removed the {len(left)} guest definition(s) this run left there")
+    except (InfraError, OSError) as exc:
+        say(f"host {host.name} is still unreachable ({_first_line(str(exc))}): what this run left there "
+            f"(stopped guests, per-run volumes) is removed by 'mshare-lab gc --lab' once it answers")
+    except Exception as exc:   # libvirt's own errors on a half-dead connection
+        say(f"host {host.name}: cleanup failed ({_first_line(str(exc))}); run 'mshare-lab gc --lab' later")
 
 
 def _say_hosts(hosts: "list[Host]", say: Progress) -> None:
