@@ -132,6 +132,7 @@ def test_a_matrix_is_split_across_both_hosts(two_runs):
     with ResultStore(results) as store:
         records = store.runs()
     assert len(records) == 4
+    assert "hosts here ran 1, loop ran 1" in first.stdout, first.stdout
     assert all(r.outcome == "completed" for r in records), [(r.scenario_id, r.outcome, r.reason) for r in records]
     for run in (records[:2], records[2:]):
         # one 512 MiB guest (+256 MiB QEMU) per 1 GiB host: each run used both hosts
@@ -208,12 +209,14 @@ def test_a_host_that_fails_mid_run_hands_its_scenario_to_the_other(tmp_path):
     reader.start()
     restarted = None
     try:
-        stdout, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)   # (the reader owns stderr; the table on stdout is small)
         reader.join(10)
+        stdout = proc.stdout.read()
         stderr = "".join(lines)
         assert proc.returncode == 0, stderr[-3000:]
         assert cut_at, "the remote scenario never reached its transactions"
         assert "host loop failed at" in stderr and "goes to another host" in stderr, stderr[-3000:]
+        assert "host loop FAILED at" in stdout and "1 scenario(s) moved" in stdout, stdout
         with ResultStore(results) as store:
             records = store.runs()
         assert [r.outcome for r in records] == ["completed", "completed"], [(r.outcome, r.reason) for r in records]
@@ -247,4 +250,37 @@ def test_a_host_that_fails_mid_run_hands_its_scenario_to_the_other(tmp_path):
         host.close()
         if restarted is not None:
             stop_ssh_libvirt_host(restarted)
+        _remove_pool(pool)
+
+
+def test_ctrl_c_stops_the_guests_of_every_host(ssh_libvirt_host, tmp_path):
+    import signal
+    pool = pool_dir(tmp_path)
+    lab = write_lab(tmp_path / "lab.yaml", ssh_libvirt_host, pool)
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(MATRIX.format(duration=60))
+    results = tmp_path / "results.sqlite"
+    proc = subprocess.Popen([CLI, "run", str(matrix), "--lab", str(lab), "--parallel", "2",
+                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            # both guests run (one per host) and are in their transactions: interrupt
+            if sum("transactions" in seen for seen in lines) >= 2 and len({
+                    s.split("]", 1)[0] for s in lines if "transactions" in s}) >= 2:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.communicate(timeout=120)[1]
+        stderr = "".join(lines) + rest
+        assert proc.returncode == 130, stderr[-3000:]
+        run_id = run_id_of(stderr)
+        assert "start on here" in stderr and "start on loop" in stderr
+        assert not run_ids_on_host(f"{DOMAIN_PREFIX}{run_id}-")
+        assert [f for f in pool_files(pool) if f.startswith(DOMAIN_PREFIX)] == []
+        assert not results.exists()   # an interrupted scenario is no result: no empty store either
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         _remove_pool(pool)

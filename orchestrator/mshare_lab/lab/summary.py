@@ -73,4 +73,25 @@ def totals(records: list[RunRecord]) -> str:
     guest = sum(r.guest_seconds for r in records)
     return (f"{len(records)} scenario(s): " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
             + f"; {failed} with unmet expectations; guest time {guest:.0f} s, "
-              f"mean overhead {overhead:.1f} s per scenario")
+              f"mean overhead {overhead:.1f} s per scenario" + hosts_line(records))
+
+
+def hosts_line(records: list[RunRecord]) -> str:
+    """Which hosts ran the scenarios (when more than one) and which failed, when, what moved."""
+    import time
+    ran: dict[str, int] = {}
+    for record in records:
+        name = (record.host or {}).get("name")
+        if name:
+            ran[name] = ran.get(name, 0) + 1
+    text = ""
+    if len(ran) > 1:
+        text += "; hosts " + ", ".join(f"{name} ran {n}" for name, n in sorted(ran.items()))
+    failed: dict[str, list[float]] = {}
+    for record in records:
+        for failure in record.host_failures:
+            failed.setdefault(str(failure.get("host")), []).append(float(failure.get("at") or 0))
+    for name, times in sorted(failed.items()):
+        when = time.strftime("%H:%M:%S", time.localtime(min(times)))
+        text += f"; host {name} FAILED at {when} ({len(times)} scenario(s) moved to other hosts)"
+    return text
