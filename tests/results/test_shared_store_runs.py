@@ -31,12 +31,15 @@ matrix:
 
 
 def _run_parses_urls() -> bool:
-    """Whether ``mshare-lab run --results`` goes through results_location (commands/lab.py)."""
+    """Whether ``mshare-lab run --results`` reads a URL as results_location does (commands/lab.py)."""
     parser = cli.build_parser()
     for action in parser._subparsers._group_actions:       # argparse keeps subcommands here
         run = action.choices.get("run")
         if run is not None:
-            return any(a.dest == "results" and a.type is results_location for a in run._actions)
+            for a in run._actions:
+                if a.dest == "results" and a.type is not None:
+                    parsed = a.type("postgresql://u@127.0.0.1:1/db")
+                    return parsed == results_location("postgresql://u@127.0.0.1:1/db")
     return False
 
 

@@ -203,11 +203,15 @@ def lab_version() -> str:
 
 def accelerator() -> Accelerator | None:
     """This host's KVM probe verdict (runs record no accelerator of their own)."""
+    from ..guest.libvirt_driver import default_uri
     from ..guest.probe import cache_path
     try:
         data = json.loads(cache_path().read_text())
+        if "domain_type" not in data:
+            # one verdict per host URI since the lab has several hosts: this host's
+            data = data[default_uri()]
         return Accelerator(str(data["domain_type"]), str(data.get("reason", "")), data.get("checked_at"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
