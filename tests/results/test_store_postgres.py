@@ -452,3 +452,17 @@ def test_a_store_reconnects_after_the_server_restarted():
     # stopped and removed: no server process of that cluster, no directory
     assert not data.exists()
     assert subprocess.run(["pgrep", "-f", str(data)], capture_output=True).returncode == 1
+
+
+def test_predict_reads_the_measured_client_cost_from_a_postgres_store(pg_url, capsys):
+    with ResultStore(pg_url) as store:
+        ids = []
+        for i, per_client in enumerate((280 << 10, 300 << 10, 320 << 10)):
+            record = make_record(kernel="k-measured", started_at=1_800_000_000.0 + i,
+                                 client_cost={"per_client_bytes": per_client})
+            ids.append(store.add(record))
+    assert cli.main(["predict", "--sga", "16M", "--clients", "1700", "--ram", "512M", "--kernel", "k-measured",
+                     "--results", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert "300.0 KiB per client (measured, median of 3 run(s): " in out
+    assert all(run_id in out for run_id in ids)
