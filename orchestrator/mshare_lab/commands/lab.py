@@ -31,13 +31,34 @@ def register(subparsers) -> None:
     doctor.add_argument("--no-probe", dest="probe", action="store_false",
                         help="skip the KVM probe boot (use the cached verdict only if any)")
     doctor.add_argument("--reprobe", action="store_true", help="probe KVM again even if a verdict is cached")
+    add_lab_argument(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
     gc = subparsers.add_parser("gc", help="remove guests, files and scratch dirs that dead runs left")
     gc.add_argument("--all", dest="everything", action="store_true",
                     help="remove every lab guest, also those of runs still going")
     gc.add_argument("--uri", default=None, help="libvirt URI to sweep")
+    gc.add_argument("--cache", action="store_true",
+                    help="with --all: also delete the artifact cache in every host's pool")
+    add_lab_argument(gc)
     gc.set_defaults(func=cmd_gc)
+
+    _register_lab_group(subparsers)
+
+
+def _register_lab_group(subparsers) -> None:
+    lab = subparsers.add_parser("lab", help="the lab's hosts: prepare them",
+                                description="Commands about the lab's libvirt hosts (docs/lab.md).")
+    commands = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+    prepare = commands.add_parser("prepare", help="make every host of the lab ready (Ansible), then check it",
+                                  description="Run the lab_host Ansible play on every host of the lab "
+                                              "(packages, libvirt daemons, /dev/kvm, huge pages, the pool "
+                                              "directory), then the doctor checks of that host.")
+    add_lab_argument(prepare)
+    prepare.add_argument("--uri", default=None, help="libvirt URI of the one host (without --lab)")
+    prepare.add_argument("--hugepages", type=_non_negative, default=None, metavar="N",
+                         help="set vm.nr_hugepages to N on every host (default: leave it)")
+    prepare.set_defaults(func=cmd_lab_prepare)
 
 
 def add_lab_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +85,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
     return value
 
 
@@ -115,8 +146,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from ..guest.signals import terminate_as_interrupt
 
     with terminate_as_interrupt():   # the KVM probe boots a guest: tear it down on kill too
-        checks = run_checks(args.uri or default_uri(), probe=args.probe, reprobe=args.reprobe,
-                            report=lambda c: print(c.line(), flush=True))
+        if args.lab is not None:
+            from ..fleet.doctor import lab_checks
+            checks = lab_checks(load_lab(args), reprobe=args.reprobe, report=lambda c: print(c.line(), flush=True),
+                                header=lambda line: print(line, flush=True))
+        else:
+            checks = run_checks(args.uri or default_uri(), probe=args.probe, reprobe=args.reprobe,
+                                report=lambda c: print(c.line(), flush=True))
+    return _doctor_verdict(checks)
+
+
+def _doctor_verdict(checks) -> int:
     failed = [c for c in checks if c.required and not c.ok]
     warned = [c for c in checks if not c.required and not c.ok]
     if failed:
@@ -130,15 +170,90 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from ..guest.gc import gc
     from ..workload.host_state import sweep_dead
 
+    if args.cache and not args.everything:
+        from ..errors import UserError
+        raise UserError("--cache deletes the hosts' artifact caches only with --all",
+                        hint="mshare-lab gc --lab FILE --all --cache")
     # local runs killed with SIGKILL: their region, segments, cgroup, sysctls and tmp dirs
     for what in sweep_dead():
         print(f"removed {what}")
-    report = gc(args.uri, everything=args.everything)
-    for name in report.domains:
-        print(f"removed domain {name}")
-    for path in report.files:
-        print(f"removed file {path}")
-    for path in report.scratch_dirs:
-        print(f"removed scratch dir {path}")
-    print(report.summary())
+    if args.lab is not None:
+        return _gc_lab(load_lab(args), everything=args.everything, cache=args.cache)
+    _print_gc(gc(args.uri, everything=args.everything))
     return 0
+
+
+def _print_gc(report, indent: str = "") -> None:
+    for name in report.domains:
+        print(f"{indent}removed domain {name}")
+    for path in report.files:
+        print(f"{indent}removed file {path}")
+    for path in report.scratch_dirs:
+        print(f"{indent}removed scratch dir {path}")
+    for name in report.volumes:
+        print(f"{indent}removed volume {name}")
+    print(f"{indent}{report.summary()}" + (f"; removed {len(report.volumes)} volume(s)" if report.volumes else ""))
+
+
+def _gc_lab(lab, *, everything: bool, cache: bool) -> int:
+    """Sweep every host; an unreachable one is reported and skipped, the others swept (exit 1)."""
+    from ..errors import LabError
+    from ..fleet.host import Host
+    from ..guest.gc import gc_host
+    from ..guest.libvirt_driver import new_run_id
+
+    run_id = new_run_id()
+    skipped = []
+    for spec in lab.hosts:
+        host = Host(spec, run_id=run_id)
+        print(f"host {spec.name} ({host.driver.display_uri}):", flush=True)
+        try:
+            _print_gc(gc_host(host, everything=everything, cache=cache), indent="  ")
+        except LabError as exc:
+            # (the driver's hint is about this machine's daemons: not what helps for a remote host)
+            hint = ("is it up and does its sshd answer?" if host.remote else
+                    "start the daemons: `virtlogd -d; libvirtd -d` (scripts/setup does it)")
+            print(f"  unreachable, skipped: {exc.message} -> {hint}", flush=True)
+            skipped.append(spec.name)
+        finally:
+            host.close()
+    if skipped:
+        print(f"{len(skipped)} host(s) not swept: {', '.join(skipped)}; run `mshare-lab gc --lab {lab.path}` "
+              "again once they answer")
+        return 1
+    return 0
+
+
+def cmd_lab_prepare(args: argparse.Namespace) -> int:
+    """The lab_host play on every host, then its doctor checks; a host whose play fails is
+    reported and the next host prepared (exit 1)."""
+    from ..errors import LabError
+    from ..fleet.doctor import host_checks
+    from ..fleet.host import Host
+    from ..fleet.prepare import prepare_host
+    from ..guest.libvirt_driver import new_run_id
+    from ..guest.signals import terminate_as_interrupt
+
+    lab = load_lab(args)
+    run_id = new_run_id()
+    checks, failed_hosts = [], []
+    with terminate_as_interrupt():
+        for spec in lab.hosts:
+            host = Host(spec, run_id=run_id)
+            print(f"host {spec.name} ({host.driver.display_uri}): preparing", flush=True)
+            try:
+                result = prepare_host(host, hugepages=args.hugepages, progress=_say)
+                print(result.summary(), flush=True)
+                for task in result.changed:
+                    print(f"  changed: {task}")
+                if result.pool:
+                    print(f"  pool {result.pool} at {spec.pool}")
+                checks += host_checks(host, lab_path=lab.path, report=lambda c: print(c.line(), flush=True))
+            except LabError as exc:
+                print(f"FAIL {spec.name} prepare: {exc}", flush=True)
+                failed_hosts.append(spec.name)
+            finally:
+                host.close()
+    if failed_hosts:
+        print(f"{len(failed_hosts)} host(s) not prepared: {', '.join(failed_hosts)}")
+    return max(_doctor_verdict(checks), 1 if failed_hosts else 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class GcReport:
     files: list[Path] = field(default_factory=list)         # removed with them
     scratch_dirs: list[Path] = field(default_factory=list)  # removed
     kept: list[str] = field(default_factory=list)           # domains of live owners
+    volumes: list[str] = field(default_factory=list)        # per-run (or cache) volumes removed
 
     def summary(self) -> str:
         return (f"removed {len(self.domains)} domain(s), {len(self.files)} file(s), "
@@ -56,6 +58,62 @@ def gc(uri: str | None = None, *, everything: bool = False, driver: LibvirtDrive
         if own:
             driver.close()
     return report
+
+
+#: a per-run volume's name: the run's domain prefix (``mshare-lab-<run id>-``), then the rest
+_RUN_VOLUME = re.compile(r"^mshare-lab-(\d{8}T\d{6}-[0-9a-f]+)-")
+
+
+def sweep_volumes(volumes, *, live_runs: set[str], everything: bool = False, cache: bool = False) -> list[str]:
+    """Delete the per-run volumes of dead runs in a host's pool (``fleet.volumes.HostVolumes``);
+    the names removed. A run is dead when no domain of it is left on the host (``live_runs``)
+    and its scratch dir on this machine has no live owner: a run uploads its files before it
+    defines the domain, and the scratch dir exists from its first guest on. ``everything``:
+    every run's volumes; with ``cache`` also the content-addressed cache (which otherwise stays:
+    it is what makes a second run upload nothing)."""
+    from ..fleet.volumes import CACHE_NAME
+    names = [name for name, _size in volumes.list_volumes()]
+    removed: list[str] = []
+    runs = sorted({m.group(1) for m in map(_RUN_VOLUME.match, names) if m})
+    for run_id in runs:
+        if not everything and (run_id in live_runs or _scratch_owner_alive(scratch_root() / run_id)):
+            continue
+        prefix = f"mshare-lab-{run_id}-"
+        gone = [n for n in names if n.startswith(prefix)]
+        volumes.delete_run_volumes(prefix)
+        removed += gone
+    if everything and cache:
+        for name in names:
+            if CACHE_NAME.match(name):
+                volumes.ensure_pool().storageVolLookupByName(name).delete(0)
+                removed.append(name)
+    return removed
+
+
+def gc_host(host, *, everything: bool = False, cache: bool = False) -> GcReport:
+    """``gc`` on one host of a lab (``fleet.host.Host``): its dead runs' domains (their
+    files go through the host's HostFiles: volumes on a remote host), then the per-run
+    volumes of dead runs in its pool. Raises ProvisionError when the host is unreachable."""
+    report = gc(driver=host.driver, everything=everything)
+    if host.remote:
+        from ..guest.host_files import pool_name_for
+        from ..fleet.volumes import HostVolumes
+        # every domain left on the host (kept: a live owner, or not ours to judge) keeps its run's volumes
+        live = {m.group(1) for name, _meta, _active in host.driver.lab_domains() if (m := _RUN_VOLUME.match(name))}
+        volumes = HostVolumes(host.driver.conn, host.spec.pool, pool_name_for(host.spec.pool))
+        if _pool_defined(host.driver.conn, volumes.pool_name):
+            report.volumes = sweep_volumes(volumes, live_runs=live, everything=everything, cache=cache)
+    return report
+
+
+def _pool_defined(conn, name: str) -> bool:
+    """A host without the pool has no volumes to sweep (and gc must not create it)."""
+    import libvirt
+    try:
+        conn.storagePoolLookupByName(name)
+        return True
+    except libvirt.libvirtError:
+        return False
 
 
 def _sweep_scratch(*, everything: bool, keep: str) -> list[Path]:
