@@ -51,8 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mshare-lab", "mshare-lab scenario matrix")
     group.addoption("--mshare-matrix", metavar="MATRIX.yaml", default=None,
                     help="run every scenario of this matrix file as a test item")
-    group.addoption("--mshare-results", metavar="FILE", default=None,
-                    help="results database the runs are stored in (default: <lab home>/results.sqlite)")
+    group.addoption("--mshare-results", metavar="FILE|URL", default=None,
+                    help="results store the runs go to: a SQLite file or a postgresql:// URL "
+                         "(default: <lab home>/results.sqlite)")
     group.addoption("--mshare-uri", metavar="URI", default=None,
                     help="libvirt URI the guests run under (default: the lab's, qemu:///system for root)")
     group.addoption("--mshare-kernel", metavar="NAME|PATH", default=None,
@@ -70,7 +71,8 @@ class LabSession:
         matrix = config.getoption("mshare_matrix")
         self.matrix_path = Path(matrix).resolve() if matrix else None
         results = config.getoption("mshare_results")
-        self.results_path = Path(results) if results else None
+        from .results.location import results_location
+        self.results = results_location(results)   # a file, or a postgresql:// URL
         self.uri = config.getoption("mshare_uri")
         self.kernel_spec: str | None = config.getoption("mshare_kernel")
         self._kernel_ready = False
@@ -81,7 +83,7 @@ class LabSession:
     def store(self):
         if self._store is None:
             from .results.store import ResultStore
-            self._store = ResultStore(self.results_path)
+            self._store = ResultStore(self.results)
         return self._store
 
     def driver(self):

@@ -96,7 +96,7 @@ def gather(store: ResultStore, selector: str | None = None) -> ReportData:
     matrix_files = sorted({_matrix_file(r) for r in runs if _matrix_file(r)})
     return ReportData(
         results_path=store.location, runs=runs, kernels=kernels, lab_version=lab_version(),
-        host=socket.gethostname(), built_at=time.time(), accelerator=accelerator(),
+        host=socket.gethostname(), built_at=time.time(), accelerator=recorded_accelerator(runs) or accelerator(),
         matrix_files=matrix_files, not_run=_not_run(runs, matrix_files) if selector is None else [],
         selector=selector, total_runs=len(everything))
 
@@ -201,8 +201,24 @@ def lab_version() -> str:
     return f"{__version__} (git {commit})" if proc.returncode == 0 and commit else __version__
 
 
+def recorded_accelerator(runs: list[RunRecord]) -> Accelerator | None:
+    """What the runs' host records say (kvm only when every run had it), None for old runs."""
+    seen: dict[tuple[str, str], int] = {}
+    for record in runs:
+        host = record.host or {}
+        if host.get("accelerator"):
+            key = (str(host.get("name") or "?"), str(host["accelerator"]))
+            seen[key] = seen.get(key, 0) + 1
+    if not seen:
+        return None
+    kinds = {accel for _, accel in seen}
+    reason = "as the runs recorded it: " + ", ".join(f"{name} {accel} ({n} run(s))"
+                                                      for (name, accel), n in sorted(seen.items()))
+    return Accelerator("kvm" if kinds == {"kvm"} else "qemu", reason, None)
+
+
 def accelerator() -> Accelerator | None:
-    """This host's KVM probe verdict (runs record no accelerator of their own)."""
+    """This host's KVM probe verdict (for runs stored before runs recorded their host)."""
     from ..guest.libvirt_driver import default_uri
     from ..guest.probe import cache_path
     try:
