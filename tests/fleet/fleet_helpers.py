@@ -93,17 +93,9 @@ def _local_conn() -> libvirt.virConnect:
 
 
 def remove_pool(name: str) -> None:
+    from mshare_lab.fleet.volumes import remove_pool as remove
     conn = _local_conn()
     try:
-        try:
-            pool = conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError:
-            return
-        if pool.isActive():
-            pool.refresh(0)
-            for vol in pool.listAllVolumes(0):
-                vol.delete(0)
-            pool.destroy()
-        pool.undefine()
+        remove(conn, name)
     finally:
         conn.close()

@@ -74,6 +74,12 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def start_run(matrix: Path, lab: Path, results: Path) -> subprocess.Popen:
+    """``mshare-lab run --parallel 2`` in the background; the test reads its stderr lines."""
+    return subprocess.Popen([CLI, "run", str(matrix), "--lab", str(lab), "--parallel", "2", "--results", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run_ids_on_host(run_id_prefix: str = DOMAIN_PREFIX) -> list[str]:
     conn = libvirt.open("qemu:///system")
     try:
@@ -190,8 +196,7 @@ def test_a_host_that_fails_mid_run_hands_its_scenario_to_the_other(tmp_path):
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX.format(duration=15))
     results = tmp_path / "results.sqlite"
-    proc = subprocess.Popen([CLI, "run", str(matrix), "--lab", str(lab), "--parallel", "2",
-                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(matrix, lab, results)
     lines: list[str] = []
     cut_at: list[float] = []
     on_loop: set[str] = set()
@@ -260,8 +265,7 @@ def test_ctrl_c_stops_the_guests_of_every_host(ssh_libvirt_host, tmp_path):
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX.format(duration=60))
     results = tmp_path / "results.sqlite"
-    proc = subprocess.Popen([CLI, "run", str(matrix), "--lab", str(lab), "--parallel", "2",
-                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(matrix, lab, results)
     lines: list[str] = []
     try:
         for line in proc.stderr:

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
                      help="scenarios at a time per host, within its RAM (default: 1; a host's "
                           "'parallel' in the lab file wins)")
     add_lab_argument(run)
-    run.add_argument("--results", type=Path, default=None, metavar="FILE",
-                     help="results database (default: <lab home>/results.sqlite)")
+    run.add_argument("--results", type=_results_location, default=None, metavar="FILE|URL",
+                     help="results store: a SQLite file or a postgresql:// URL shared by the lab "
+                          "(default: <lab home>/results.sqlite)")
     run.add_argument("--uri", default=None, help="libvirt URI (default: qemu:///system as root, "
                                                   "else qemu:///session)")
     run.add_argument("--yes", action="store_true",
@@ -88,6 +89,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _results_location(text: str):
+    from ..results.location import results_location
+    return results_location(text)
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -106,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..guest.signals import terminate_as_interrupt
     from ..lab.matrix import load
     from ..lab.runner import run_matrix
-    from ..paths import default_results_db
+    from ..results.location import results_location
     from ..lab.summary import summary_table, totals
     from ..results.store import ResultStore
 
@@ -118,8 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              if len(lab.hosts) > 1 else "")
     _say(f"{args.matrix}: {len(matrix.scenarios)} scenario(s), {where}{args.parallel} at a time"
          + (" per host" if where else ""))
-    results = args.results or default_results_db()
-    fresh = not results.exists()
+    results = results_location(args.results)
+    fresh = results.path is not None and not results.exists()
     with terminate_as_interrupt(), ResultStore(results) as store:
         try:
             records = run_matrix(matrix, store=store, parallel=args.parallel, progress=_say, lab=lab)
@@ -128,11 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if fresh and store.count() == 0:
                 store.close()
                 for suffix in ("", "-wal", "-shm"):
-                    Path(str(results) + suffix).unlink(missing_ok=True)
+                    Path(str(results.path) + suffix).unlink(missing_ok=True)
             raise
         print(summary_table(records))
         print(totals(records))
-        print(f"results: {store.path}")
+        print(f"results: {results}")
     if args.junit_xml is not None:
         from ..report import junit
         junit.write(records, args.junit_xml, suite=args.matrix.stem)

@@ -68,7 +68,7 @@ def verdict_of(host: Host, reprobe: bool, kernel: Path | None = None):
     if reprobe:
         return probe.probe_domain_type(host.driver, kernel=kernel, force=True)
     # (the cache is keyed by the driver's URI and this machine's kernel, as probe writes it)
-    return probe._read_cache(host.driver.uri, os.uname().release)
+    return probe._read_cache(host.driver.display_uri, os.uname().release)
 
 
 def check_accelerator(host: Host, verdict, lab_path: Path | None) -> Check:

@@ -450,3 +450,21 @@ class HostVolumes:
     def cache_bytes(self) -> int:
         """Bytes the artifact cache holds on the host (per-run volumes not counted)."""
         return sum(size for name, size in self.list_volumes() if CACHE_NAME.match(name))
+
+
+def remove_pool(conn: libvirt.virConnect, name: str) -> bool:
+    """Delete a lab pool with every volume in it (the cache too) and undefine it.
+
+    For throw-away pools (tests, benchmarks) and ``gc --all --cache``-style wipes; False when
+    there is no such pool."""
+    try:
+        pool = conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError:
+        return False
+    if pool.isActive():
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+        pool.destroy()
+    pool.undefine()
+    return True

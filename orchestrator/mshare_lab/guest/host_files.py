@@ -55,7 +55,7 @@ class LocalFiles:
         if not spec.initrd_tail:
             return spec
         initrd = scratch / f"{spec.name}.initrd.gz"
-        _write_joined(Path(spec.initrd), spec.initrd_tail, initrd)
+        write_joined(Path(spec.initrd), spec.initrd_tail, initrd)
         return _with_files(dataclasses.replace(spec, initrd=initrd, initrd_tail=b""), (initrd,), run_id)
 
     def fetch(self, spec: DomainSpec, placed: DomainSpec) -> None:
@@ -163,7 +163,7 @@ def _with_files(spec: DomainSpec, files: tuple[Path, ...], run_id: str) -> Domai
     return dataclasses.replace(spec, metadata=dataclasses.replace(meta, files=tuple(meta.files) + files))
 
 
-def _write_joined(base: Path, tail: bytes, out: Path) -> None:
+def write_joined(base: Path, tail: bytes, out: Path) -> Path:
     """``base`` + ``tail`` into ``out`` (atomically: the guest never reads half a file)."""
     import shutil
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,3 +173,4 @@ def _write_joined(base: Path, tail: bytes, out: Path) -> None:
         dst.write(tail)
     part.chmod(0o644)
     part.replace(out)
+    return out

@@ -57,12 +57,12 @@ def probe_domain_type(driver: "LibvirtDriver", *, kernel: Path | None = None,
                       force: bool = False) -> ProbeVerdict:
     release = os.uname().release
     if not force:
-        cached = _read_cache(driver.uri, release)
+        cached = _read_cache(driver.display_uri, release)
         if cached is not None:
             return cached
     started = time.monotonic()
     verdict_type, reason, cacheable = _decide(driver, kernel)
-    verdict = ProbeVerdict(domain_type=verdict_type, reason=reason, host_release=release, uri=driver.uri,
+    verdict = ProbeVerdict(domain_type=verdict_type, reason=reason, host_release=release, uri=driver.display_uri,
                            checked_at=time.time(), probe_seconds=round(time.monotonic() - started, 2))
     if verdict_type == "qemu":
         log.warning("KVM is not usable here (%s): guests run under QEMU software emulation (TCG), "
@@ -88,7 +88,10 @@ def _decide(driver: "LibvirtDriver", kernel: Path | None) -> tuple[str, str, boo
     seen, detail = boot_probe(driver, kernel)
     if seen:
         return "kvm", "a KVM probe guest printed kernel messages", True
-    return "qemu", f"KVM probe guest: {detail}", True
+    # a probe that never started for a reason of its own (a file QEMU cannot read, a full
+    # disk) says nothing about KVM: decide on TCG for now but probe again next time
+    started_or_kvm = not detail.startswith("does not start") or "kvm" in detail.lower()
+    return "qemu", f"KVM probe guest: {detail}", started_or_kvm
 
 
 def boot_probe(driver: "LibvirtDriver", kernel: Path, *, domain_type: str = "kvm",

@@ -151,15 +151,8 @@ def scenario_tail(env: dict[str, str]) -> bytes:
 
 def scenario_initrd(base: Path, env: dict[str, str], out: Path) -> Path:
     """base + an appended cpio with /etc/mshare-lab/scenario.env; returns out."""
-    tail = scenario_tail(env)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
-    with part.open("wb") as dst, base.open("rb") as src:
-        shutil.copyfileobj(src, dst)
-        dst.write(tail)
-    part.chmod(0o644)
-    part.replace(out)
-    return out
+    from ..guest.host_files import write_joined
+    return write_joined(base, scenario_tail(env), out)
 
 
 @dataclass
