@@ -229,6 +229,8 @@ def test_a_host_that_fails_mid_run_hands_its_scenario_to_the_other(tmp_path):
         assert len(moved) == 1 and moved[0].host["name"] == "here"
         failure = moved[0].host_failures[0]
         assert failure["host"] == "loop" and "connection" in failure["reason"]
+        shown = run_cli("results", "show", moved[0].run_id, "--results", str(results)).stdout
+        assert "host       here (" in shown and "moved here after host loop failed at" in shown, shown
         assert abs(failure["at"] - cut_at[0]) < 30
         run_id = run_id_of(stderr)
         # libvirtd destroyed the cut-off guest itself (AUTODESTROY): nothing runs anywhere

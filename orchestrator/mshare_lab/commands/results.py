@@ -150,6 +150,16 @@ def write_record(record: RunRecord, metrics: dict[str, float], series: dict[str,
           + (", host huge pages" if g.hugepage_backing else ""), file=out)
     release = record.kernel_metadata.get("release") or record.metric("kernel_release") or "?"
     print(f"kernel     {s.kernel} ({release})", file=out)
+    if record.host:
+        from ..fleet.host_record import HostRecord
+        host = HostRecord.from_dict(record.host)
+        print(f"host       {host.describe()}, {host.uri}", file=out)
+    for failure in record.host_failures:
+        import time
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(failure.get("at") or 0)))
+        print(f"           moved here after host {failure.get('host')} failed at {when}: "
+              f"{(str(failure.get('reason') or '').strip().splitlines() or [''])[0][:200]}",
+              file=out)
     print(f"outcome    {record.outcome}" + (f": {record.reason}" if record.reason else ""), file=out)
     write_kernel_log(record, out)
     print(f"times      wall {format_seconds(record.wall_seconds)}, guest {format_seconds(record.guest_seconds)}, "
