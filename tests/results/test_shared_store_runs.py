@@ -72,7 +72,7 @@ def test_two_concurrent_runs_write_one_postgres_store(tmp_path, pg_url):
             assert store.metrics(r.run_id)["clients_attached"] == 10.0
             assert r.host is not None and r.host.get("accelerator") in ("kvm", "tcg")
         assert list(store.kernels()) == ["debian-6.1"]
-    compared = subprocess.run([str(cli_path), "compare", "--by", "mechanism", "--metric", "pte_ratio",
+    compared = subprocess.run([str(cli_path), "compare", "--by", "mechanism", "--metric", "pte_ratio", "--baseline", "shmem",
                                "--results", pg_url], capture_output=True, text=True, timeout=120)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
