@@ -60,8 +60,7 @@ def run(lab, matrix, store_dir: Path, label: str, parallel: int = 1) -> dict:
     by_host: dict[str, list[float]] = {}
     for record in records:
         by_host.setdefault(record.host["name"], []).append(record.overhead_seconds)
-    uploads = {h.name: h.driver.files._volumes.counters.uploads for h in hosts
-               if getattr(h.driver.files, "_volumes", None) is not None}
+    uploads = {h.name: h.driver.files.counters.uploads for h in hosts if h.driver.files.counters is not None}
     outcomes = {r.outcome for r in records}
     return {"label": label, "wall": wall, "per_hour": len(records) / wall * 3600, "by_host": by_host,
             "uploads": uploads, "outcomes": outcomes, "n": len(records)}

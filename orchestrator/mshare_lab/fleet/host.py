@@ -54,7 +54,8 @@ class HostDown:
 
 
 class Host:
-    def __init__(self, spec: HostSpec, *, run_id: str, parallel: int = 1, counter=None):
+    def __init__(self, spec: HostSpec, *, run_id: str, parallel: int = 1, counter=None,
+                 driver: LibvirtDriver | None = None):
         self.spec = spec
         self.name = spec.name
         self.parallel = spec.parallel or parallel
@@ -62,10 +63,13 @@ class Host:
         self._record: HostRecord | None = None
         self._capacity: Capacity | None = None
         self._lock = threading.Lock()
+        if driver is not None:   # a caller's own driver (the pytest plugin, bisect, tests)
+            self.driver = driver
+            return
         if spec.local:
             uri = spec.uri
         else:
-            from .ssh_transport import SshTransport, connect_uri
+            from .ssh_transport import connect_uri
             uri = connect_uri(spec.uri, self.transport(), self.workdir())
         from .ssh_transport import public_uri
         self.driver = LibvirtDriver(uri, run_id=run_id, display_uri=public_uri(spec.uri), pool=spec.pool,

@@ -38,6 +38,9 @@ class HostFiles(Protocol):
     """What a driver needs to put a guest's files on its host and get its output back."""
 
     remote: bool
+    counters: object | None      # uploads and cache hits (remote hosts), None where nothing travels
+
+    def reconnected(self) -> None: ...
 
     def place(self, spec: DomainSpec, scratch: Path, run_id: str) -> DomainSpec: ...
 
@@ -50,6 +53,10 @@ class LocalFiles:
     """The host is this machine: the guest reads and writes the lab's own files."""
 
     remote = False
+    counters = None          # nothing crosses a network
+
+    def reconnected(self) -> None:
+        pass
 
     def place(self, spec: DomainSpec, scratch: Path, run_id: str) -> DomainSpec:
         if not spec.initrd_tail:
@@ -89,6 +96,16 @@ class RemoteFiles:
                 volumes.ensure_pool()
                 self._volumes = volumes
             return self._volumes
+
+    @property
+    def counters(self):
+        """Uploads and cache hits so far (``fleet.volumes.VolumeCounters``), None before any."""
+        return self._volumes.counters if self._volumes is not None else None
+
+    def reconnected(self) -> None:
+        """The driver opened a new connection: the pool handle of the old one is dead."""
+        with self._lock:
+            self._volumes = None
 
     def place(self, spec: DomainSpec, scratch: Path, run_id: str) -> DomainSpec:
         if spec.disks:

@@ -163,8 +163,8 @@ def run_matrix(matrix: "Matrix", *, store: "ResultStore", parallel: int = 1, pro
     own_hosts = hosts is None
     if hosts is None:
         if driver is not None:
-            hosts = [Host(HostSpec(name="local", uri=driver.uri), run_id=driver.run_id, parallel=parallel)]
-            hosts[0].driver = driver
+            hosts = [Host(HostSpec(name="local", uri=driver.display_uri), run_id=driver.run_id, parallel=parallel,
+                          driver=driver)]
         else:
             hosts = hosts_for(lab or default_lab(uri), run_id=new_run_id(), parallel=parallel)
     run_id = hosts[0].driver.run_id
@@ -287,8 +287,7 @@ def _clean_down_host(host: "Host", say: Progress) -> None:
     from ..errors import InfraError
     driver = host.driver
     driver.close()
-    if hasattr(driver.files, "_volumes"):
-        driver.files._volumes = None   # they held the dead connection
+    driver.files.reconnected()   # its pool handle held the dead connection
     try:
         left = [(name, meta) for name, meta, _ in driver.lab_domains() if meta and meta.run_id == driver.run_id]
         for name, meta in left:
@@ -308,10 +307,8 @@ def _say_hosts(hosts: "list[Host]", say: Progress) -> None:
     """Per host: what crossed the network into its artifact cache, and whether it failed."""
     for host in hosts:
         parts = []
-        files = host.driver.files
-        volumes = getattr(files, "_volumes", None)
-        if volumes is not None:
-            c = volumes.counters
+        c = host.driver.files.counters
+        if c is not None:
             parts.append(f"uploaded {c.uploads} artifact(s) ({c.uploaded_bytes} bytes), {c.hits} cache hit(s)")
         if host.down is not None:
             parts.append(f"DOWN since {_clock(host.down.at)}: {host.down.reason}")
