@@ -270,18 +270,8 @@ class HostVolumes:
                     return found
                 vol = pool.createXML(_volume_xml(name, 0), 0)
         started = time.monotonic()
-        try:
-            self._send_file(vol, path, 0, size)
-        except BaseException:
-            # best effort: a partial file would be replaced on the next ask anyway
-            try:
-                vol.delete(0)
-            except libvirt.libvirtError:
-                pass
-            raise
-        got = self._size_or_none(vol)
-        if got != size:
-            raise ProvisionError(f"{self._where()}: upload of {path} gave {got} bytes, expected {size}")
+        with open(path, "rb") as f:
+            self._fill(vol, 0, size, iter(lambda: f.read(_CHUNK), b""), size, f"upload of {path}")
         seconds = time.monotonic() - started
         log.info("uploaded %s to %s:%s (%d bytes, %.1f MB/s)", path, self._where(), name, size,
                  size / 1e6 / max(seconds, 1e-6))
@@ -290,9 +280,22 @@ class HostVolumes:
             self.counters.uploaded_bytes += size
         return vol
 
-    def _send_file(self, vol: libvirt.virStorageVol, path: Path, offset: int, length: int) -> None:
-        with open(path, "rb") as f:
-            self._send(vol, offset, length, iter(lambda: f.read(_CHUNK), b""))
+    def _fill(self, vol: libvirt.virStorageVol, offset: int, length: int, chunks, expected: int,
+              what: str) -> None:
+        """Send ``chunks`` into ``vol`` at ``offset`` and check its final size; on any failure
+        the volume is deleted (best effort: a short cache volume is replaced on the next ask)."""
+        try:
+            if length:
+                self._send(vol, offset, length, chunks)
+            got = self._size_or_none(vol)
+            if got != expected:
+                raise ProvisionError(f"{self._where()}: {what} gave {got} bytes, expected {expected}")
+        except BaseException:
+            try:
+                vol.delete(0)
+            except libvirt.libvirtError:
+                pass
+            raise
 
     def _send(self, vol: libvirt.virStorageVol, offset: int, length: int, chunks) -> None:
         stream = self.conn.newStream(0)
@@ -340,19 +343,7 @@ class HostVolumes:
             if old is not None:      # a leftover of a killed compose under the same name
                 old.delete(0)
             vol = pool.createXMLFrom(_volume_xml(name, base_size + len(tail)), base, 0)
-        try:
-            if tail:
-                self._send(vol, base_size, len(tail), [tail])
-            got = self._size_or_none(vol)
-            if got != base_size + len(tail):
-                raise ProvisionError(f"{self._where()}: composed {name} has {got} bytes, "
-                                     f"expected {base_size + len(tail)}")
-        except BaseException:
-            try:
-                vol.delete(0)
-            except libvirt.libvirtError:
-                pass
-            raise
+        self._fill(vol, base_size, len(tail), [tail] if tail else [], base_size + len(tail), f"compose of {name}")
         with self._lock:
             self.counters.uploaded_bytes += len(tail)
         return vol.path()
