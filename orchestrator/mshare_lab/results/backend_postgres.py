@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 from typing import Any, Iterator, Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
 
+from .connections import PerThread
 from .location import ResultsFileError, ResultsServerError, redact, server_of
 
 VERSION_TABLE = "mshare_lab_schema"
@@ -86,15 +86,13 @@ class PostgresBackend:
 
     def __init__(self, url: str):
         self.url = url
-        self._local = threading.local()
-        self._connections: list[psycopg.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._threads = PerThread()
 
     def describe(self) -> str:
         return redact(self.url)
 
     def conn(self) -> _Conn:
-        conn = getattr(self._local, "conn", None)
+        conn = self._threads.get()
         if conn is None or conn.raw.closed:
             try:
                 raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
@@ -109,18 +107,11 @@ class PostgresBackend:
                 # a malformed URL (libpq cannot parse it)
                 raise ResultsServerError(f"--results {self.describe()}: {_first_line(exc, self.url)}",
                                          hint="write postgresql://USER@HOST:PORT/DATABASE") from exc
-            conn = _Conn(raw)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(raw)
+            conn = self._threads.keep(_Conn(raw), raw)
         return conn
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._threads.close_all()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Conn]:

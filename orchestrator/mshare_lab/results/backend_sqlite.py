@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .connections import PerThread
 from .location import ResultsFileError
 
 HINT = "restore it from a copy, or point --results at another file"
@@ -27,16 +28,14 @@ class SqliteBackend:
     def __init__(self, path: Path):
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._threads = PerThread()
         self._write_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
 
     def describe(self) -> str:
         return str(self.path)
 
     def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        conn = self._threads.get()
         if conn is None:
             try:
                 # autocommit mode: transactions are explicit BEGIN/COMMIT below
@@ -48,17 +47,11 @@ class SqliteBackend:
             except sqlite3.DatabaseError as exc:
                 raise ResultsFileError(f"{self.path} is not a results database: {exc}",
                                        hint="point --results at another file or move this one away") from exc
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+            self._threads.keep(conn)
         return conn
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._threads.close_all()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
