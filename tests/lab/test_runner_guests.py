@@ -213,3 +213,30 @@ def test_kernel_oom_kills_without_a_workload_report_make_an_oom_outcome(driver, 
     assert "the OOM killer killed" in record.reason and "tail x1" in record.reason
     assert "HOG-ENDED" in Path(record.console_log).read_text()
     _assert_nothing_left(driver)
+
+
+def test_a_global_oom_stops_the_run_at_the_first_kill(driver, workdir):
+    # The main job's pagetable-oom point: 3000 clients of 128 MiB of shmem need ~1 GiB of
+    # page tables in a 512 MiB guest with no memory limit, so the guest-wide OOM killer
+    # fires while the coordinator is still forking.  The OOM watcher sees the clients'
+    # memory.events move and kills their process group; memory.oom.group makes the kernel's
+    # own kill take the group too.  Before, the killer took one client every ~2 s and the
+    # run hit its timeout after hundreds of kills.
+    scenario = Scenario(kernel="debian-6.1", workload=WorkloadSpec(sga=128 << 20, clients=3000, duration=1),
+                        guest=GuestShape(memory=512 << 20, vcpus=2, timeout=400))
+    record = run_scenario(scenario, driver=driver, workdir=workdir / "run")
+    assert record.outcome == "oom", record.reason
+    kills = record.result["oom_kills"]
+    assert kills["group"] is True and kills["group_kills"] == 1, kills
+    assert kills["first_seen_phase"] == "attach" and kills["first_seen_s"] > 0, kills
+    started = record.result["clients_started"]
+    # the run stopped at the first kill: the OOM killer did not work through the clients
+    assert 1 <= kills["cgroup_oom_kill"] <= kills["vmstat_oom_kill_delta"] < started / 10, (kills, started)
+    assert record.result["memory_cgroup"]["limit_bytes"] is None
+    assert record.reason.startswith(f"OOM kill at {kills['first_seen_s']:.1f} s (attach, {started} of 3000 "
+                                    "clients started)"), record.reason
+    assert "(memory.oom.group)" in record.reason
+    # the kernel's own word for it (group_kills above is its memory.events count; the
+    # dmesg ring may have lost the KERN_INFO group notice under the OOM's task dumps)
+    assert "Out of memory: Killed process" in Path(record.console_log).read_text()
+    _assert_nothing_left(driver)

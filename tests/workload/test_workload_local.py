@@ -128,9 +128,14 @@ def test_oom_in_memory_cgroup_leaves_a_complete_document(binary, tmp_path):
     result = run_local(WorkloadSpec(mechanism="shmem", sga=256 * MiB, clients=20, duration=1.0,
                                     memory_limit=96 * MiB), json_path=out, binary=binary)
     assert result.outcome == "oom"
-    assert result.oom_kills.clients_killed > 0
-    assert result.oom_kills.cgroup_oom_kill > 0
-    assert result.oom_kills.vmstat_oom_kill_delta >= result.oom_kills.cgroup_oom_kill
+    kills = result.oom_kills
+    assert kills.cgroup_oom_kill > 0
+    assert kills.vmstat_oom_kill_delta >= kills.cgroup_oom_kill
+    # the run stopped at the first kill: the OOM watcher killed the clients, so few (often
+    # none) died of the kernel's SIGKILL before that
+    assert kills.first_seen_phase == "attach" and kills.first_seen_s > 0, kills
+    assert 0 <= kills.clients_killed <= kills.cgroup_oom_kill
+    assert result.reason.startswith(f"OOM kill at {kills.first_seen_s:.1f} s (attach, "), result.reason
     doc = json.loads(out.read_text())
     assert WorkloadResult.from_dict(doc).outcome == "oom"
     assert doc["memory_cgroup"]["version"] in ("v1", "v2")
@@ -207,3 +212,16 @@ def test_sigint_leaves_nothing_behind(binary):
     assert _sysv_keys() - keys_before == set()
     assert _our_cgroups() == []
     assert _shm_files() == []
+
+
+def test_oom_continue_lets_the_oom_killer_go_on(binary):
+    # the same point with oom_continue: no watcher, no stop at the first kill; the kernel's
+    # OOM killer takes clients one at a time and the run counts what it took
+    result = run_local(WorkloadSpec(mechanism="shmem", sga=256 * MiB, clients=20, duration=1.0,
+                                    memory_limit=96 * MiB, oom_continue=True), binary=binary)
+    assert result.outcome == "oom"
+    kills = result.oom_kills
+    assert kills.first_seen_s is None and kills.first_seen_phase is None
+    assert kills.clients_killed > 0 and kills.cgroup_oom_kill >= kills.clients_killed
+    assert kills.group is False
+    assert _leftovers(binary, result.raw) == []

@@ -4,6 +4,7 @@
 #include "sga.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
@@ -63,6 +64,42 @@ static int write_goes_through(volatile char *p)
     sigaction(SIGSEGV, &old_segv, NULL);
     sigaction(SIGBUS, &old_bus, NULL);
     return wrote;
+}
+
+/* The permissions /proc/self/maps shows for the mapping that starts at addr ("r--s"), "?"
+ * when none does.  Only read when a change did not hold: the buffer is static so that its
+ * pages are private memory of the clients that need it, not of every client. */
+static void maps_perms(const void *addr, char out[8])
+{
+    static char buf[4096];
+    char want[24];
+    snprintf(want, sizeof want, "%lx-", (unsigned long)addr);
+    snprintf(out, 8, "?");
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    size_t have = 0;
+    ssize_t n;
+    while ((n = read(fd, buf + have, sizeof buf - 1 - have)) > 0) {
+        have += (size_t)n;
+        buf[have] = 0;
+        char *line = buf, *nl;
+        while ((nl = strchr(line, '\n'))) {
+            *nl = 0;
+            char *sp = strchr(line, ' ');
+            if (strncmp(line, want, strlen(want)) == 0 && sp) {
+                snprintf(out, 8, "%.4s", sp + 1);
+                close(fd);
+                return;
+            }
+            line = nl + 1;
+        }
+        have = strlen(line);
+        memmove(buf, line, have);
+        if (have >= sizeof buf - 1)   /* a line longer than the buffer: drop it */
+            have = 0;
+    }
+    close(fd);
 }
 
 static uint64_t xorshift(uint64_t *s)
@@ -180,7 +217,7 @@ void client_main(const struct config *cfg, struct control *ctl, int idx, const c
     uint64_t sink = 0;
     while (atomic_load_explicit(&ctl->phase, memory_order_relaxed) == PH_GO) {
         if (stage < 2 && atomic_load_explicit(&ctl->protect, memory_order_relaxed) > stage) {
-            int want = stage + 1, ready = 0;
+            int want = stage + 1, ready = 0, protected_here = 0;
             if (mech->owner_protects) {
                 /* shared page tables: the owner's one mprotect is meant to cover everyone */
                 ready = atomic_load(&ctl->owner_protect_done) >= want;
@@ -189,6 +226,8 @@ void client_main(const struct config *cfg, struct control *ctl, int idx, const c
                 if (mprotect(addr, cfg->map_size, want == 1 ? PROT_READ : PROT_READ | PROT_WRITE) < 0)
                     snprintf(slot->err, sizeof slot->err, "mprotect(%s): %s",
                              want == 1 ? "PROT_READ" : "PROT_READ|PROT_WRITE", strerror(errno));
+                else
+                    protected_here = 1;
                 ready = 1;
             }
             if (ready) {
@@ -197,6 +236,16 @@ void client_main(const struct config *cfg, struct control *ctl, int idx, const c
                 int held = write_goes_through((volatile char *)hdr->pad) == (want == 2);
                 if (held)
                     atomic_fetch_or(&slot->held, want);
+                else if (want == 1 && protected_here && !slot->err[0]) {
+                    /* our own mprotect succeeded and a write still went through: the
+                     * kernel's evidence for the verdict, kept with the client's error */
+                    char perms[8];
+                    maps_perms(addr, perms);
+                    int again = write_goes_through((volatile char *)hdr->pad);
+                    snprintf(slot->err, sizeof slot->err, "mprotect(PROT_READ) returned 0 but a write "
+                             "went through (maps says %s; a second write %s)", perms,
+                             again ? "went through too" : "faulted");
+                }
                 atomic_store(want == 1 ? &slot->ack_ns : &slot->back_ns, now_ns());
                 atomic_fetch_add(&ctl->acked, 1);
                 stage = want;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -69,6 +70,12 @@ static struct run {
     const char *cg_version;
     char cg_dir[512];
     char cg_procs[560];
+    char cg_home_procs[1560];       /* the coordinator's own cgroup, to go back to */
+    int cg_entered;                 /* the coordinator is in the clients' cgroup (fork loop) */
+    int oom_group;                  /* memory.oom.group set: one OOM kill takes every client */
+    int64_t cg_group_kills;         /* memory.events oom_group_kill */
+    double oom_at_s;                /* when the coordinator saw the first OOM kill, -1 never */
+    char oom_phase[16];             /* the phase it saw it in */
     /* errors */
     char errors[8][200];
     int nerrors;
@@ -90,6 +97,10 @@ static struct control *CTL;
 static size_t ctl_bytes;
 static pid_t owner_pid = -1;
 static pid_t clients_pgid;   /* the clients' own process group: one kill() reaches all */
+/* The clients' memory.events (or memory.oom_control), open for the whole run: a pread of an
+ * open cgroup file reuses its buffer, so noticing an OOM kill allocates nothing, and the
+ * coordinator does not wait in the allocator behind the OOM it is watching for. */
+static int oom_events_fd = -1;
 static int *reaped;          /* per client: 0 alive, 1 reaped */
 static int teardown;         /* kills from here on are ours, not the OOM killer's */
 
@@ -325,13 +336,23 @@ static void render(struct jbuf *b, int final)
         jb_int(b, "cgroup_oom_kill", R.cg_oom_kill);
     else
         jb_null(b, "cgroup_oom_kill");
+    jb_bool(b, "group", R.oom_group);
+    if (R.oom_group)
+        jb_int(b, "group_kills", R.cg_group_kills);
+    else
+        jb_null(b, "group_kills");
+    jb_num(b, "first_seen_s", R.oom_at_s >= 0 ? R.oom_at_s : NAN);
+    jb_str(b, "first_seen_phase", R.oom_at_s >= 0 ? R.oom_phase : NULL);
     jb_obj_end(b);
     jb_key(b, "memory_cgroup");
     if (R.cg_version) {
         jb_obj_begin(b);
         jb_str(b, "version", R.cg_version);
         jb_str(b, "path", R.cg_dir);
-        jb_int(b, "limit_bytes", (int64_t)C->memory_limit);
+        if (C->memory_limit)
+            jb_int(b, "limit_bytes", (int64_t)C->memory_limit);
+        else
+            jb_null(b, "limit_bytes");
         jb_obj_end(b);
     } else {
         jb_raw(b, "null");
@@ -690,9 +711,33 @@ static int own_cgroup(int v2, char *out, size_t len)
     return -1;
 }
 
+/* A cgroup that was only wanted (no limit asked) and cannot serve: remove what was made. */
+static int drop_cgroup(void)
+{
+    if (R.cg_version)
+        rmdir(R.cg_dir);
+    R.cg_version = NULL;
+    R.cg_dir[0] = 0;
+    if (cg2_mount[0]) {
+        umount2(cg2_mount, MNT_DETACH);
+        rmdir(cg2_mount);
+        cg2_mount[0] = 0;
+    }
+    save_state();
+    return 0;
+}
+
+/* The clients' memory cgroup.  With --memory-limit it is required and holds the limit.
+ * Without one it is only wanted for memory.oom.group (cgroup v2), and only when the run stops
+ * at the first OOM kill: the kernel then kills every client in the same OOM event, instead of
+ * one client per event while the others keep faulting.  Under a global OOM that is the only
+ * reliable stop: the coordinator (in the allocator like everyone else) may not run again
+ * before the OOM killer has worked through thousands of clients.  An unavailable controller
+ * is then no error: the run goes on without the group and says so in its result. */
 static int setup_cgroup(char *msg, size_t len)
 {
     char mnt[512], own[1024], path[1536], buf[512], limit[32];
+    int required = C->memory_limit != 0;
     snprintf(limit, sizeof limit, "%llu", (unsigned long long)C->memory_limit);
     /* a minimal guest may mount no cgroup at all: mount cgroup2 where only we see it */
     if (find_mount(1, mnt, sizeof mnt) < 0 && find_mount(0, mnt, sizeof mnt) < 0 && geteuid() == 0
@@ -711,19 +756,35 @@ static int setup_cgroup(char *msg, size_t len)
             write_file_str(path, "+memory");
             snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
             save_state();
-            if (mkdir(R.cg_dir, 0755) < 0)
+            if (mkdir(R.cg_dir, 0755) < 0) {
+                if (!required)
+                    return drop_cgroup();
                 return refuse(msg, len, "memory cgroup: mkdir %s: %s", R.cg_dir, strerror(errno));
+            }
             R.cg_version = "v2";
-            snprintf(path, sizeof path, "%s/memory.max", R.cg_dir);
-            if (write_file_str(path, limit) < 0)
-                return refuse(msg, len, "memory cgroup: cannot set %s (is +memory in the parent's "
-                              "cgroup.subtree_control?): %s", path, strerror(errno));
-            snprintf(path, sizeof path, "%s/memory.swap.max", R.cg_dir);
-            write_file_str(path, "0");
+            if (required) {
+                snprintf(path, sizeof path, "%s/memory.max", R.cg_dir);
+                if (write_file_str(path, limit) < 0)
+                    return refuse(msg, len, "memory cgroup: cannot set %s (is +memory in the parent's "
+                                  "cgroup.subtree_control?): %s", path, strerror(errno));
+                snprintf(path, sizeof path, "%s/memory.swap.max", R.cg_dir);
+                write_file_str(path, "0");
+            }
+            if (!C->oom_continue) {
+                snprintf(path, sizeof path, "%s/memory.oom.group", R.cg_dir);
+                R.oom_group = write_file_str(path, "1") == 0;
+            }
+            if (!required && !R.oom_group)
+                return drop_cgroup();
             snprintf(R.cg_procs, sizeof R.cg_procs, "%s/cgroup.procs", R.cg_dir);
+            snprintf(R.cg_home_procs, sizeof R.cg_home_procs, "%s%s/cgroup.procs", mnt, own);
+            snprintf(path, sizeof path, "%s/memory.events", R.cg_dir);
+            oom_events_fd = open(path, O_RDONLY | O_CLOEXEC);
             return 0;
         }
     }
+    if (!required)      /* cgroup v1 has no group kill */
+        return drop_cgroup();
     if (find_mount(0, mnt, sizeof mnt) == 0 && own_cgroup(0, own, sizeof own) == 0) {
         snprintf(R.cg_dir, sizeof R.cg_dir, "%s%s/mshare-sga-%d", mnt, own, (int)getpid());
         save_state();
@@ -734,27 +795,155 @@ static int setup_cgroup(char *msg, size_t len)
         if (write_file_str(path, limit) < 0)
             return refuse(msg, len, "memory cgroup: cannot set %s: %s", path, strerror(errno));
         snprintf(R.cg_procs, sizeof R.cg_procs, "%s/cgroup.procs", R.cg_dir);
+        snprintf(R.cg_home_procs, sizeof R.cg_home_procs, "%s%s/cgroup.procs", mnt, own);
+        snprintf(path, sizeof path, "%s/memory.oom_control", R.cg_dir);
+        oom_events_fd = open(path, O_RDONLY | O_CLOEXEC);
         return 0;
     }
     return refuse(msg, len, "--memory-limit needs a memory cgroup controller (v2 memory.max or v1 "
                   "memory.limit_in_bytes) and none is available to this process");
 }
 
-static int64_t cgroup_oom_kills(void)
+/* One counter of memory.events (v2) or memory.oom_control (v1): -1 when unreadable. */
+static int64_t cgroup_event(const char *name)
 {
-    char path[600], buf[1024];
+    char path[600], buf[1024], key[64];
     snprintf(path, sizeof path, "%s/%s", R.cg_dir,
              strcmp(R.cg_version, "v2") == 0 ? "memory.events" : "memory.oom_control");
     if (read_file_str(path, buf, sizeof buf) < 0)
         return -1;
-    char *p = strstr(buf, "oom_kill ");
-    return p ? strtoll(p + 9, NULL, 10) : 0;
+    /* at a line start: "oom_kill" must not match inside "oom_group_kill" */
+    snprintf(key, sizeof key, "\n%s ", name);
+    if (strncmp(buf, key + 1, strlen(key + 1)) == 0)
+        return strtoll(buf + strlen(key + 1), NULL, 10);
+    char *p = strstr(buf, key);
+    return p ? strtoll(p + strlen(key), NULL, 10) : 0;
+}
+
+/* Has the OOM killer taken a client?  Asked before anything that allocates, in every loop
+ * that waits on the clients.  A client's SIGKILL is seen only once it has exited, which
+ * under a guest-wide OOM can take minutes; the cgroup's counter moves at the kill. */
+static int oom_seen(void)
+{
+    char buf[512];
+    if (oom_events_fd < 0 || C->oom_continue)
+        return 0;
+    ssize_t n = pread(oom_events_fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strncmp(buf, "oom_kill ", 9) == 0 ? buf - 1 : strstr(buf, "\noom_kill ");
+    return p && strtoll(p + 10, NULL, 10) > 0;
+}
+
+static void note_oom(void)
+{
+    if (oom_stop)
+        return;
+    oom_stop = 1;
+    R.oom_at_s = since_start();
+    snprintf(R.oom_phase, sizeof R.oom_phase, "%s", R.phase ? R.phase : "");
+}
+
+/* The OOM watcher: a small process of the coordinator's that only waits on the clients'
+ * memory.events (cgroup v2 wakes poll() when it changes; the timeout covers v1) and, at the
+ * first OOM kill, kills the clients' process group.  The coordinator cannot be relied on
+ * for that: under a guest-wide OOM it sits in fork() or in a /proc read waiting for memory,
+ * for as long as the OOM killer needs to work through the clients one by one.
+ *
+ * The watcher must not need memory itself, which rules out a thread: every fork of a client
+ * write-protects the coordinator's private pages for copy-on-write, so a thread's next write
+ * to its stack would wait for a page (and for the mmap lock fork holds).  A process forked
+ * before the clients owns its few pages; it writes only its stack and the shared control
+ * area, and reads nothing that allocates. */
+static pid_t watcher_pid = -1;
+
+static void start_oom_watcher(void)
+{
+    if (oom_events_fd < 0 || C->oom_continue)
+        return;
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid != 0) {
+        watcher_pid = pid;   /* -1 when fork failed: the coordinator's own check remains */
+        return;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(0);
+    signal(SIGINT, SIG_IGN);    /* the coordinator ends it, with everything else */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    for (;;) {
+        struct pollfd pfd = { .fd = oom_events_fd, .events = POLLPRI };
+        poll(&pfd, 1, 50);
+        if (oom_seen()) {
+            atomic_store(&CTL->oom_seen_ns, now_ns());
+            atomic_store(&CTL->oom_seen, 1);
+            int pgid = atomic_load(&CTL->clients_pgid);
+            if (pgid > 0)
+                kill(-pgid, SIGKILL);
+            _exit(0);
+        }
+    }
+}
+
+/* What the watcher saw, taken over by the coordinator; without a watcher, the cgroup's
+ * counter read here.  Asked in every loop that waits on the clients. */
+static void oom_check(void)
+{
+    if (oom_stop || !CTL)
+        return;
+    if (atomic_load(&CTL->oom_seen)) {
+        note_oom();
+        R.oom_at_s -= (double)(now_ns() - atomic_load(&CTL->oom_seen_ns)) / 1e9;
+    } else if (watcher_pid <= 0 && oom_seen()) {
+        note_oom();
+    }
+}
+
+static void stop_oom_watcher(void)
+{
+    oom_check();
+    if (watcher_pid > 0) {
+        kill(watcher_pid, SIGKILL);
+        waitpid(watcher_pid, NULL, 0);
+    }
+    watcher_pid = -1;
+}
+
+/* While it forks the clients the coordinator stands in their cgroup, so that each client is
+ * born there: a client that joined by itself only once it first ran would be outside the
+ * group while thousands of forks wait for memory, and the group kill would miss it.  The
+ * coordinator's oom_score_adj of -1000 keeps the group kill off itself. */
+static void enter_cgroup(void)
+{
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (R.cg_version && R.cg_home_procs[0])
+        R.cg_entered = write_file_str(R.cg_procs, pid) == 0;
+}
+
+static void leave_cgroup(void)
+{
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (R.cg_entered && write_file_str(R.cg_home_procs, pid) < 0)
+        add_error("could not leave the clients' cgroup for %s: %s", R.cg_home_procs, strerror(errno));
+    R.cg_entered = 0;
 }
 
 static void remove_cgroup(void)
 {
+    leave_cgroup();
+    if (oom_events_fd >= 0) {
+        close(oom_events_fd);
+        oom_events_fd = -1;
+    }
     if (R.cg_version) {
-        R.cg_oom_kill = cgroup_oom_kills();
+        R.cg_oom_kill = cgroup_event("oom_kill");
+        R.cg_group_kills = R.oom_group ? cgroup_event("oom_group_kill") : 0;
         int i;
         for (i = 0; i < 50; i++) {
             if (rmdir(R.cg_dir) == 0 || errno == ENOENT)
@@ -786,6 +975,10 @@ static void reap(void)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == watcher_pid) {   /* it ends after it killed the clients */
+            watcher_pid = -1;
+            continue;
+        }
         if (pid == owner_pid) {
             owner_pid = -1;
             if (!teardown && !interrupted)
@@ -801,7 +994,7 @@ static void reap(void)
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !teardown) {
             R.killed++;
             if (!C->oom_continue)
-                oom_stop = 1;
+                note_oom();
         }
         else if (WIFSIGNALED(status) && !teardown)
             add_error("client %d died of signal %d", idx, WTERMSIG(status));
@@ -815,6 +1008,7 @@ static int wait_for(int (*done)(void), double timeout_s)
     int64_t deadline = now_ns() + (int64_t)(timeout_s * 1e9);
     double next_progress = since_start() + 1.0;
     while (!done()) {
+        oom_check();
         if (interrupted || oom_stop || now_ns() > deadline)
             return -1;
         reap();
@@ -929,6 +1123,11 @@ static void set_phase(int phase)
 static void kill_everything(void)
 {
     teardown = 1;
+    /* one call reaches every client at once, even while thousands wait for memory */
+    if (clients_pgid > 0)
+        kill(-clients_pgid, SIGKILL);
+    if (watcher_pid > 0)
+        kill(watcher_pid, SIGKILL);
     for (int i = 0; i < R.forked; i++)
         if (!reaped[i] && CTL->slots[i].pid > 0)
             kill(CTL->slots[i].pid, SIGKILL);
@@ -939,6 +1138,7 @@ static void kill_everything(void)
     while (waitpid(-1, &status, 0) > 0 || errno == EINTR)
         ;
     owner_pid = -1;
+    watcher_pid = -1;
 }
 
 /* ---- aggregation ------------------------------------------------------------------------ */
@@ -996,6 +1196,9 @@ static void aggregate_transactions(void)
         struct slot *s = &CTL->slots[i];
         R.transactions += atomic_load(&s->tx);
         R.writes += atomic_load(&s->tx_writes);
+        /* a protection change the kernel refused is an error, not a change that "did not hold" */
+        if (s->err[0] && atomic_load(&s->state) != S_FAILED)
+            add_error("client %d: %s", i, s->err);
         for (int k = 0; k < HIST_BUCKETS; k++)
             hist[k] += s->hist[k];
     }
@@ -1100,6 +1303,7 @@ static void init_run(struct config *cfg)
     R.p50 = R.p90 = R.p99 = R.protect_us = R.attach_populate_s = NAN;
     R.protect[0].us = R.protect[1].us = NAN;
     R.sample_every = cfg->sample_interval;
+    R.oom_at_s = -1;
     R.oom_vmstat_before = read_vmstat("oom_kill");
     struct utsname u;
     if (uname(&u) == 0)
@@ -1133,9 +1337,20 @@ static void finish_outcome(void)
         return;
     if (R.killed > 0 || (R.cg_version && R.cg_oom_kill > 0)) {
         R.outcome = OUT_OOM;
-        snprintf(R.reason, sizeof R.reason, "%d client(s) killed (OOM killer: %lld in the memory "
-                 "cgroup, %lld system-wide)", R.killed, (long long)R.cg_oom_kill,
-                 (long long)R.oom_vmstat_delta);
+        if (R.oom_at_s >= 0 && R.cg_version)
+            snprintf(R.reason, sizeof R.reason, "OOM kill at %.1f s (%s, %d of %d clients started): "
+                     "the OOM killer took %lld process(es) in the clients' cgroup%s, %lld system-wide; "
+                     "the run stopped there", R.oom_at_s, R.oom_phase, R.forked, C->clients,
+                     (long long)R.cg_oom_kill, R.cg_group_kills > 0 ? " (memory.oom.group)" : "",
+                     (long long)R.oom_vmstat_delta);
+        else if (R.oom_at_s >= 0)
+            snprintf(R.reason, sizeof R.reason, "OOM kill at %.1f s (%s, %d of %d clients started): "
+                     "%d client(s) killed, %lld system-wide; the run stopped there", R.oom_at_s,
+                     R.oom_phase, R.forked, C->clients, R.killed, (long long)R.oom_vmstat_delta);
+        else
+            snprintf(R.reason, sizeof R.reason, "%d client(s) killed (OOM killer: %lld in the memory "
+                     "cgroup, %lld system-wide)", R.killed, (long long)R.cg_oom_kill,
+                     (long long)R.oom_vmstat_delta);
     } else if (R.attached < C->clients) {
         R.outcome = OUT_ERROR;
         snprintf(R.reason, sizeof R.reason, "only %d of %d clients attached%s%s", R.attached,
@@ -1147,6 +1362,7 @@ static void finish_outcome(void)
 
 static int cleanup_and_report(int exit_code)
 {
+    stop_oom_watcher();
     kill_everything();
     if (R.mech)
         R.mech->destroy(C);
@@ -1207,7 +1423,7 @@ int coordinator_run(struct config *cfg)
     R.reason[0] = 0;
     save_state();   /* the region path and SysV key are known now, before the owner makes them */
     int rc = check_limits(msg, sizeof msg);
-    if (rc == 0 && cfg->memory_limit)
+    if (rc == 0 && (cfg->memory_limit || !cfg->oom_continue))
         rc = setup_cgroup(msg, sizeof msg);
     if (rc) {
         fprintf(stderr, "mshare-sga: limit: %s\n", msg);
@@ -1246,25 +1462,31 @@ int coordinator_run(struct config *cfg)
     R.pt_before = sample_pagetables(&R.oth_before);
     R.free_before = read_meminfo_kb("MemFree") * 1024;
     progress("attach");
-    for (int i = 0; i < cfg->clients && !interrupted; i++) {
+    start_oom_watcher();
+    enter_cgroup();
+    for (int i = 0; i < cfg->clients && !interrupted && !oom_stop; i++) {
         pid_t pid = fork();
         if (pid == 0) {
             setpgid(0, clients_pgid);   /* also in the parent: whichever runs first */
             client_main(cfg, CTL, i, R.cg_version ? R.cg_procs : NULL);
         }
-        if (pid > 0 && setpgid(pid, clients_pgid ? clients_pgid : pid) == 0 && !clients_pgid)
+        if (pid > 0 && setpgid(pid, clients_pgid ? clients_pgid : pid) == 0 && !clients_pgid) {
             clients_pgid = pid;
+            atomic_store(&CTL->clients_pgid, pid);
+        }
         if (pid < 0) {
             add_error("fork of client %d failed: %s", i, strerror(errno));
             break;
         }
         CTL->slots[i].pid = pid;   /* the child stores it too; whoever is first */
         R.forked++;
+        oom_check();
         if ((i & 63) == 63) {
             reap();
             sample_now();
         }
     }
+    leave_cgroup();
     if (wait_for(all_ready, cfg->attach_timeout) == 0) {
         R.pt_ready = sample_pagetables(&R.oth_ready);
         R.free_ready = read_meminfo_kb("MemFree") * 1024;
@@ -1289,7 +1511,9 @@ int coordinator_run(struct config *cfg)
         return cleanup_and_report(128 + interrupted);
     }
     if (oom_stop) {
-        /* settle a moment so the kernel's count of this OOM episode is complete */
+        /* stop the clients before anything that allocates, then let the kernel's count of
+         * this OOM episode settle */
+        kill_everything();
         usleep(200000);
         reap();
         progress("oom");

@@ -98,6 +98,10 @@ struct control {
     _Atomic int owner_protect_done;  /* the owner's mprotect done for change 1, then 2 */
     _Atomic int64_t owner_protect_ns;
     _Atomic int populated, parked, detached, failed, acked;
+    /* the coordinator's OOM watcher (a process of its own: see coordinator.c) */
+    _Atomic int clients_pgid;    /* the clients' process group, for the watcher to kill */
+    _Atomic int oom_seen;        /* the watcher saw an OOM kill and killed the clients */
+    _Atomic int64_t oom_seen_ns;
     char owner_err[200];
     struct slot slots[];
 };

@@ -35,6 +35,7 @@ RESULT_METRICS: tuple[str, ...] = (
     "protect_back_us", "protect_effective.asked", "protect_effective.acked", "protect_effective.held",
     "protect_back_effective.asked", "protect_back_effective.acked", "protect_back_effective.held",
     "oom_kills.clients_killed", "oom_kills.vmstat_oom_kill_delta", "oom_kills.cgroup_oom_kill",
+    "oom_kills.group_kills", "oom_kills.first_seen_s",
 )
 #: numbers the run record itself carries (not the workload's)
 RECORD_METRICS: tuple[str, ...] = ("guest_seconds", "wall_seconds", "overhead_seconds", "attempts")

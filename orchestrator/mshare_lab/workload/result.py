@@ -32,6 +32,10 @@ class OomKills:
     clients_killed: int = 0
     vmstat_oom_kill_delta: int = 0
     cgroup_oom_kill: int | None = None
+    group: bool = False                     # memory.oom.group: the first kill took every client
+    group_kills: int | None = None          # memory.events oom_group_kill
+    first_seen_s: float | None = None       # when the run saw the first kill (and stopped)
+    first_seen_phase: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ class WorkloadResult:
             protect_change_us=doc.get("protect_change_us"),
             protect_mode=doc.get("protect_mode"),
             oom_kills=OomKills(int(oom.get("clients_killed", 0)), int(oom.get("vmstat_oom_kill_delta", 0)),
-                               oom.get("cgroup_oom_kill")),
+                               oom.get("cgroup_oom_kill"), bool(oom.get("group", False)),
+                               oom.get("group_kills"), oom.get("first_seen_s"),
+                               oom.get("first_seen_phase")),
             errors=list(doc.get("errors") or []),
             timeseries=dict(doc.get("timeseries") or {}),
             raw=doc,
