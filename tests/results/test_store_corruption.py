@@ -130,6 +130,12 @@ def test_a_run_the_store_cannot_take_is_kept_as_json_and_imported(real_store, tm
         assert run.scenario_id == record.scenario_id and run.outcome == record.outcome
         assert good.metrics(run.run_id)["client_cost.per_client_bytes"] == 123456
         assert len(good.timeseries(run.run_id)["qemu_rss_bytes"]) == 200
+    # the kept record has no run id: it gets one from its content, so importing it again
+    # (a second try after a partial failure) does not add the run twice
+    again = _cli("results", "import", str(kept), "--results", str(fresh))
+    assert again.returncode == 0 and "0 run(s) imported" in again.stdout and "1 skipped" in again.stdout, again
+    with ResultStore(fresh) as good:
+        assert [r.run_id for r in good.runs()] == [run.run_id]
 
 
 def test_import_refuses_a_file_that_is_not_a_record(tmp_path):

@@ -274,6 +274,13 @@ def test_the_json_export_keeps_the_host_and_import_reads_it_back(tmp_path, pg_ur
     with ResultStore(local) as lite, ResultStore(pg_url) as pg:
         assert [(r.host, r.host_failures) for r in pg.runs()] == [(r.host, r.host_failures) for r in lite.runs()]
         assert any(r.host_failures for r in pg.runs())
+        # the export's run ids are kept, so a second import of the same file adds nothing
+        assert [r.run_id for r in pg.runs()] == [r.run_id for r in lite.runs()]
+    capsys.readouterr()
+    assert cli.main(["results", "import", str(exported), "--results", pg_url]) == 0
+    assert "0 run(s) imported" in capsys.readouterr().out
+    with ResultStore(pg_url) as pg:
+        assert pg.count() == 2
 
 
 def test_results_import_into_sqlite_and_of_a_missing_store(tmp_path, capsys):

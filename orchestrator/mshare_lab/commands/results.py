@@ -226,12 +226,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     # every JSON file is read and checked before the first run is added
     batches = [(path, read_records(path)) for path in args.files if path not in stores]
     with ResultStore(target) as store:
+        added = skipped = 0
         for path, records in batches:
             for record in records:
-                store.add(record, matrix_source=record.scenario.source)
-                print(f"imported {record.scenario_id} as {record.run_id}")
+                # a run keeps its id (record_file.import_run_id), so a second import skips it
+                if store.add_existing(record, matrix_source=record.scenario.source):
+                    added += 1
+                    print(f"imported {record.scenario_id} as {record.run_id}")
+                else:
+                    skipped += 1
+                    print(f"skipped {record.scenario_id}: {record.run_id} is already in {store.location}")
         if batches:
-            print(f"{sum(len(r) for _, r in batches)} run(s) imported into {store.location}")
+            print(f"{added} run(s) imported into {store.location}, {skipped} skipped (already there)")
         for path in stores:
             # runs keep their run ids: a run already in the target is skipped, so a second import adds nothing
             with open_store(path) as source:

@@ -8,7 +8,10 @@ disk, a file another program locked), the runner keeps the record as
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,23 @@ def read_records(path: Path) -> list[RunRecord]:
     return [_record(entry, path, i) for i, entry in enumerate(runs)]
 
 
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+
+
+def import_run_id(entry: dict[str, Any]) -> str:
+    """The id a run keeps when imported: its own, or one drawn from its content.
+
+    An export carries each run's id; a runner's record.json has none (the store never took
+    it). Its id is then the start time plus a hash of the record, so importing the same file
+    twice finds the run already there instead of adding it again."""
+    own = entry.get("run_id")
+    if isinstance(own, str) and RUN_ID.match(own):
+        return own
+    content = json.dumps({k: v for k, v in entry.items() if k != "run_id"}, sort_keys=True, default=str)
+    started = float(entry.get("started_at") or 0.0)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(started)) + "-" + hashlib.sha256(content.encode()).hexdigest()[:8]
+
+
 def _record(entry: Any, path: Path, index: int) -> RunRecord:
     try:
         scenario = entry["scenario"]
@@ -67,7 +87,8 @@ def _record(entry: Any, path: Path, index: int) -> RunRecord:
             guest_seconds=float(entry.get("guest_seconds") or 0.0), attempts=int(entry.get("attempts") or 1),
             expectation_failures=list(entry.get("expectation_failures") or []),
             host=dict(entry["host"]) if entry.get("host") else None,
-            host_failures=list(entry.get("host_failures") or []))
+            host_failures=list(entry.get("host_failures") or []),
+            run_id=import_run_id(entry))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"run {index + 1} is not a complete record: {exc!r}", location=Location(path)) from exc
 
