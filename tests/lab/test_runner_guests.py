@@ -229,6 +229,7 @@ def test_a_global_oom_stops_the_run_at_the_first_kill(driver, workdir):
     kills = record.result["oom_kills"]
     assert kills["group"] is True and kills["group_kills"] == 1, kills
     assert kills["first_seen_phase"] == "attach" and kills["first_seen_s"] > 0, kills
+    assert kills["watcher_wakeups"] > 0 and kills["watcher_last_awake_s"] > 0, kills
     started = record.result["clients_started"]
     # the run stopped at the first kill: the OOM killer did not work through the clients
     assert 1 <= kills["cgroup_oom_kill"] <= kills["vmstat_oom_kill_delta"] < started / 10, (kills, started)

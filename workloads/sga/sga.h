@@ -102,6 +102,7 @@ struct control {
     _Atomic int clients_pgid;    /* the clients' process group, for the watcher to kill */
     _Atomic int oom_seen;        /* the watcher saw an OOM kill and killed the clients */
     _Atomic int64_t oom_seen_ns;
+    _Atomic int64_t watcher_loops, watcher_last_ns;   /* that the watcher was awake */
     char owner_err[200];
     struct slot slots[];
 };
