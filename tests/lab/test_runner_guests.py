@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -240,4 +241,19 @@ def test_a_global_oom_stops_the_run_at_the_first_kill(driver, workdir):
     # the kernel's own word for it (group_kills above is its memory.events count; the
     # dmesg ring may have lost the KERN_INFO group notice under the OOM's task dumps)
     assert "Out of memory: Killed process" in Path(record.console_log).read_text()
+    _assert_nothing_left(driver)
+
+
+def test_a_256_mib_guest_gets_through_the_kernel_probe(driver, workdir):
+    # The probe maps a region in six processes to see whether MAP_SHARED_PT shares page
+    # tables. At 128 MiB it filled a 256 MiB guest's /dev/shm and the guest hung in reclaim
+    # until the timeout; the region is now a quarter of MemAvailable when that is less.
+    scenario = Scenario(kernel="debian-6.1", workload=WorkloadSpec(sga=16 << 20, clients=10, duration=1),
+                        guest=GuestShape(memory=256 << 20, vcpus=1, timeout=150))
+    record = run_scenario(scenario, driver=driver, workdir=workdir / "run")
+    assert record.outcome == "completed", record.reason
+    probe = json.loads((Path(record.artifacts_dir) / "probe.json").read_text())
+    ptshare = probe["mechanisms"]["ptshare"]
+    mapped = int(re.search(r"mapping (\d+) MiB", ptshare["reason"]).group(1))
+    assert 16 <= mapped < 128 and mapped % 2 == 0, ptshare
     _assert_nothing_left(driver)

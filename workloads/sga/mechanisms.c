@@ -146,13 +146,27 @@ static int thp_probe(struct config *cfg, char *reason, size_t len)
  * page tables cost: private-sized growth means the kernel does not share. */
 #define PT_PROBES 6
 #define PT_PROBE_BYTES (128ul << 20)
+#define PT_PROBE_MIN_BYTES (16ul << 20)
+
+/* The probe region: 128 MiB, or a quarter of what the machine has available when that is
+ * less (a 256 MiB guest's /dev/shm is 128 MiB: the full size filled it and the guest hung
+ * in reclaim).  Whole 2 MiB, at least 16 MiB: 6 processes x 32 KiB of private page tables
+ * still stand well above the tens of KiB other activity moves PageTables by. */
+static uint64_t pt_probe_bytes(void)
+{
+    int64_t avail = read_meminfo_kb("MemAvailable") * 1024;
+    uint64_t bytes = PT_PROBE_BYTES;
+    if (avail > 0 && (uint64_t)avail / 4 < bytes)
+        bytes = ((uint64_t)avail / 4) & ~((2ul << 20) - 1);
+    return bytes < PT_PROBE_MIN_BYTES ? PT_PROBE_MIN_BYTES : bytes;
+}
 #define PT_PROBE_ATTEMPTS 3
 
 /* One measured attempt: PT_PROBES processes map and touch the file at once.  Returns 1
  * with a reason when the mmap failed or the processes could not be forked, else 0 with the
  * noise-corrected PageTables growth and the sum of the processes' own VmPTE growth. */
-static int ptshare_attempt(struct config *cfg, int fd, int64_t *growth, int64_t *vm_sum, int *started,
-                           char *reason, size_t len)
+static int ptshare_attempt(struct config *cfg, int fd, uint64_t bytes, int64_t *growth, int64_t *vm_sum,
+                           int *started, char *reason, size_t len)
 {
     struct res { _Atomic int done; _Atomic int go; int64_t growth; int err; } *res =
         mmap(NULL, sizeof *res * PT_PROBES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -171,12 +185,12 @@ static int ptshare_attempt(struct config *cfg, int fd, int64_t *growth, int64_t 
         pids[i] = fork();
         if (pids[i] == 0) {
             int64_t pte0 = read_status_kb(0, "VmPTE");
-            char *a = mmap((void *)FIXED_BASE, PT_PROBE_BYTES, PROT_READ | PROT_WRITE,
+            char *a = mmap((void *)FIXED_BASE, bytes, PROT_READ | PROT_WRITE,
                            MAP_SHARED | MAP_FIXED_NOREPLACE | (int)cfg->ptshare_flag, fd, 0);
             if (a == MAP_FAILED) {
                 res[i].err = errno;
             } else {
-                for (uint64_t off = 0; off < PT_PROBE_BYTES; off += 4096)
+                for (uint64_t off = 0; off < bytes; off += 4096)
                     a[off] = 1;
                 res[i].growth = (read_status_kb(0, "VmPTE") - pte0) * 1024;
             }
@@ -227,25 +241,26 @@ static int ptshare_probe(struct config *cfg, char *reason, size_t len)
         return 1;
     char path[340];
     snprintf(path, sizeof path, "%s/mshare-sga-%d-probe", cfg->shm_dir, (int)getpid());
+    uint64_t bytes = pt_probe_bytes();
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || ftruncate(fd, PT_PROBE_BYTES) < 0) {
+    if (fd < 0 || ftruncate(fd, (off_t)bytes) < 0) {
         snprintf(reason, len, "probe file %s: %s", path, strerror(errno));
         if (fd >= 0) { close(fd); unlink(path); }
         return 1;
     }
-    int64_t private_each = (int64_t)(PT_PROBE_BYTES / 4096 * 8);
+    int64_t private_each = (int64_t)(bytes / 4096 * 8);
     int rc = 0;
     for (int attempt = 0; attempt < PT_PROBE_ATTEMPTS && rc == 0; attempt++) {
         int64_t growth, vm_sum;
         int started;
-        rc = ptshare_attempt(cfg, fd, &growth, &vm_sum, &started, reason, len);
+        rc = ptshare_attempt(cfg, fd, bytes, &growth, &vm_sum, &started, reason, len);
         /* shared page tables are counted once: the global growth stays near one copy */
         if (!rc && growth > private_each * started / 2) {
             snprintf(reason, len, "MAP_SHARED_PT accepted but page tables not shared: measured "
                      "PageTables +%lld KiB (VmPTE +%lld KiB) for %d processes mapping %lu MiB; "
                      "private page tables would be %lld KiB",
                      (long long)growth / 1024, (long long)vm_sum / 1024, started,
-                     PT_PROBE_BYTES >> 20, (long long)private_each * started / 1024);
+                     (unsigned long)(bytes >> 20), (long long)private_each * started / 1024);
             rc = 1;
         }
     }
