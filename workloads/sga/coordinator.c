@@ -101,8 +101,7 @@ static size_t ctl_bytes;
 static pid_t owner_pid = -1;
 static pid_t clients_pgid;   /* the clients' own process group: one kill() reaches all */
 /* The clients' memory.events (or memory.oom_control), open for the whole run: a pread of an
- * open cgroup file reuses its buffer, so noticing an OOM kill allocates nothing, and the
- * coordinator does not wait in the allocator behind the OOM it is watching for. */
+ * open cgroup file reuses its buffer, so the OOM watcher notices a kill without allocating. */
 static int oom_events_fd = -1;
 static int *reaped;          /* per client: 0 alive, 1 reaped */
 static int teardown;         /* kills from here on are ours, not the OOM killer's */
@@ -716,6 +715,16 @@ static int own_cgroup(int v2, char *out, size_t len)
     return -1;
 }
 
+/* The cgroup2 mount only this process sees, when it had to make one. */
+static void release_cg2_mount(void)
+{
+    if (cg2_mount[0]) {
+        umount2(cg2_mount, MNT_DETACH);
+        rmdir(cg2_mount);
+        cg2_mount[0] = 0;
+    }
+}
+
 /* A cgroup that was only wanted (no limit asked) and cannot serve: remove what was made. */
 static int drop_cgroup(void)
 {
@@ -723,22 +732,16 @@ static int drop_cgroup(void)
         rmdir(R.cg_dir);
     R.cg_version = NULL;
     R.cg_dir[0] = 0;
-    if (cg2_mount[0]) {
-        umount2(cg2_mount, MNT_DETACH);
-        rmdir(cg2_mount);
-        cg2_mount[0] = 0;
-    }
+    release_cg2_mount();
     save_state();
     return 0;
 }
 
 /* The clients' memory cgroup.  With --memory-limit it is required and holds the limit.
- * Without one it is only wanted for memory.oom.group (cgroup v2), and only when the run stops
- * at the first OOM kill: the kernel then kills every client in the same OOM event, instead of
- * one client per event while the others keep faulting.  Under a global OOM that is the only
- * reliable stop: the coordinator (in the allocator like everyone else) may not run again
- * before the OOM killer has worked through thousands of clients.  An unavailable controller
- * is then no error: the run goes on without the group and says so in its result. */
+ * Without one it is only wanted when the run stops at the first OOM kill: its counters are
+ * what the OOM watcher waits on, and memory.oom.group (cgroup v2) makes the kernel's own
+ * kill take every client too.  An unavailable controller is then no error: the run goes on
+ * without the group and says so in its result. */
 static int setup_cgroup(char *msg, size_t len)
 {
     char mnt[512], own[1024], path[1536], buf[512], limit[32];
@@ -809,20 +812,29 @@ static int setup_cgroup(char *msg, size_t len)
                   "memory.limit_in_bytes) and none is available to this process");
 }
 
-/* One counter of memory.events (v2) or memory.oom_control (v1): -1 when unreadable. */
+/* The "name value" line of a memory.events (v2) or memory.oom_control (v1) text, 0 when
+ * absent.  At a line start: "oom_kill" must not match inside "oom_group_kill". */
+static int64_t event_count(const char *text, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *line = text; line; line = strchr(line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (strncmp(line, name, n) == 0 && line[n] == ' ')
+            return strtoll(line + n + 1, NULL, 10);
+    }
+    return 0;
+}
+
+/* One counter of the clients' cgroup, read afresh: -1 when unreadable. */
 static int64_t cgroup_event(const char *name)
 {
-    char path[600], buf[1024], key[64];
+    char path[600], buf[1024];
     snprintf(path, sizeof path, "%s/%s", R.cg_dir,
              strcmp(R.cg_version, "v2") == 0 ? "memory.events" : "memory.oom_control");
     if (read_file_str(path, buf, sizeof buf) < 0)
         return -1;
-    /* at a line start: "oom_kill" must not match inside "oom_group_kill" */
-    snprintf(key, sizeof key, "\n%s ", name);
-    if (strncmp(buf, key + 1, strlen(key + 1)) == 0)
-        return strtoll(buf + strlen(key + 1), NULL, 10);
-    char *p = strstr(buf, key);
-    return p ? strtoll(p + strlen(key), NULL, 10) : 0;
+    return event_count(buf, name);
 }
 
 /* Has the OOM killer taken a client?  Asked before anything that allocates, in every loop
@@ -837,8 +849,7 @@ static int oom_seen(void)
     if (n <= 0)
         return 0;
     buf[n] = 0;
-    char *p = strncmp(buf, "oom_kill ", 9) == 0 ? buf - 1 : strstr(buf, "\noom_kill ");
-    return p && strtoll(p + 10, NULL, 10) > 0;
+    return event_count(buf, "oom_kill") > 0;
 }
 
 static void note_oom(void)
@@ -979,11 +990,7 @@ static void remove_cgroup(void)
         if (i == 50)
             add_error("could not remove memory cgroup %s: %s", R.cg_dir, strerror(errno));
     }
-    if (cg2_mount[0]) {
-        umount2(cg2_mount, MNT_DETACH);
-        rmdir(cg2_mount);
-        cg2_mount[0] = 0;
-    }
+    release_cg2_mount();
 }
 
 /* ---- children --------------------------------------------------------------------------- */
